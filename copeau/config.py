@@ -1,0 +1,451 @@
+"""The workshop configuration (`config/workshop.yaml`): frozen pydantic models and a loader whose errors
+name the file, the line and the field, e.g.::
+
+    config/workshop.yaml:41: machines[1].registers.parts.count: 1 registre est trop peu pour uint32 (il en faut 2)
+
+Secrets (MQTT and InfluxDB passwords) never live in the YAML: the YAML names the environment variable or
+the file that holds them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from copeau.contract import SLUG_PATTERN
+from copeau.i18n import lang
+
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+DEFAULT_CONFIG = Path("config/workshop.yaml")
+
+
+class ServicesMode(StrEnum):
+    MANAGED = "managed"  # Copeau starts its own mosquitto and influxd (demo, tests, a single PC)
+    EXTERNAL = "external"  # Copeau connects to the broker and InfluxDB named below (production)
+
+
+class Services(BaseModel):
+    model_config = _FROZEN
+    mode: ServicesMode = ServicesMode.MANAGED
+    # Where managed services, outboxes, dead letters and ground truth live. Relative to the working directory.
+    state_dir: Path = Path("var")
+
+
+class Secret(BaseModel):
+    """Where a secret comes from: an environment variable or a file. Never the YAML itself."""
+
+    model_config = _FROZEN
+    env: str | None = None
+    file: Path | None = None
+
+    def read(self) -> str | None:
+        if self.env and os.environ.get(self.env):
+            return os.environ[self.env]
+        if self.file:
+            return self.file.read_text().strip()
+        return None
+
+
+class MqttSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(default=11883, ge=1, le=65535)
+    username: str | None = None
+    password: Secret = Secret(env="COPEAU_MQTT_PASSWORD")
+    keepalive_s: int = Field(default=15, ge=5, le=600)
+    # Managed broker only: how much a disconnected durable subscriber (the gateway) may have queued.
+    max_queued_mb: int = Field(default=512, ge=1)
+
+
+class InfluxSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(default=18086, ge=1, le=65535)
+    database: Slug = "copeau"
+    username: str | None = None
+    password: Secret = Secret(env="COPEAU_INFLUXDB_PASSWORD")
+    # Managed influxd only: its backup/RPC port (it always opens one).
+    rpc_port: int = Field(default=18088, ge=1, le=65535)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Table(StrEnum):
+    DISCRETE_INPUT = "discrete_input"
+    COIL = "coil"
+    HOLDING_REGISTER = "holding_register"
+    INPUT_REGISTER = "input_register"
+
+
+class ValueType(StrEnum):
+    BOOL = "bool"
+    UINT16 = "uint16"
+    UINT32 = "uint32"
+
+
+_REGISTERS_NEEDED = {ValueType.BOOL: 1, ValueType.UINT16: 1, ValueType.UINT32: 2}
+_BIT_TABLES = {Table.DISCRETE_INPUT, Table.COIL}
+
+
+class Register(BaseModel):
+    """One value in a Modbus module. The same description drives the simulator and the collector."""
+
+    model_config = _FROZEN
+    table: Table
+    address: int = Field(ge=0, le=65535)
+    type: ValueType = ValueType.BOOL
+    count: int = Field(default=1, ge=1, le=2)
+    # For 32-bit values: "big" = high word first (Moxa ioLogik), "little" = low word first (Advantech ADAM-6051).
+    word_order: Literal["big", "little"] = "big"
+
+    @model_validator(mode="after")
+    def _fits(self) -> Register:
+        needed = _REGISTERS_NEEDED[self.type]
+        if self.table in _BIT_TABLES and self.type is not ValueType.BOOL:
+            raise ValueError(f"type {self.type} ne peut pas se lire dans la table {self.table} (bits seulement)")
+        if self.table not in _BIT_TABLES and self.type is ValueType.BOOL:
+            raise ValueError(f"type bool se lit dans discrete_input ou coil, pas dans {self.table}")
+        if self.count < needed:
+            raise ValueError(
+                f"count {self.count} est trop petit pour {self.type} (il faut {needed} registres)"
+                if lang() == "fr"
+                else f"count {self.count} is too small for {self.type} (needs {needed} registers)"
+            )
+        if self.count > needed:
+            raise ValueError(f"count {self.count} est trop grand pour {self.type} (il faut {needed} registres)")
+        return self
+
+    @property
+    def modulus(self) -> int:
+        return 2 ** (16 * self.count) if self.type is not ValueType.BOOL else 2
+
+
+class ModbusRegisters(BaseModel):
+    """The retrofit module's wiring: three discrete inputs and a hardware part counter (M30 pulses)."""
+
+    model_config = _FROZEN
+    cycle_running: Register
+    spindle_on: Register | None = None
+    alarm: Register | None = None
+    parts: Register
+
+    @model_validator(mode="after")
+    def _kinds(self) -> ModbusRegisters:
+        for name in ("cycle_running", "spindle_on", "alarm"):
+            reg = getattr(self, name)
+            if reg is not None and reg.type is not ValueType.BOOL:
+                raise ValueError(f"{name} doit être un bit (type bool)")
+        if self.parts.type is ValueType.BOOL:
+            raise ValueError("parts doit être un compteur (uint16 ou uint32)")
+        return self
+
+
+class Endpoint(BaseModel):
+    model_config = _FROZEN
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class Simulation(BaseModel):
+    """A seeded scenario for the simulator (demo and tests only; a real machine has no such block).
+
+    Times are seconds of wall-clock time in the simulator.
+    """
+
+    model_config = _FROZEN
+    seed: int = 1
+    cycle_s: float = Field(default=6.0, gt=0)  # nominal cycle time
+    cycle_jitter_s: float = Field(default=0.5, ge=0)  # cycle times are drawn in cycle_s ± jitter
+    idle_s: float = Field(default=2.0, gt=0)  # nominal idle gap between cycles (drawn in idle_s ± 50 %)
+    alarm_every: int = Field(default=0, ge=0)  # an alarm after every N cycles (0 = never)
+    alarm_s: float = Field(default=3.0, gt=0)  # how long an alarm lasts before it is cleared
+    power_cycle_after: int = Field(default=0, ge=0)  # the module is power-cycled after N parts (0 = never)
+    power_off_s: float = Field(default=3.0, gt=0)  # how long the module stays off
+    counter_start: int = Field(default=0, ge=0)  # start the counter here (near 2**32 to test wraps)
+    parts: int = Field(default=0, ge=0)  # stop after this many parts (0 = run until stopped)
+
+
+class MachineKind(StrEnum):
+    LATHE = "lathe"
+    MILL = "mill"
+
+
+class Machine(BaseModel):
+    model_config = _FROZEN
+    id: Slug
+    name: str = Field(min_length=1, max_length=80)
+    kind: MachineKind
+    protocol: Literal["modbus"]
+    endpoint: Endpoint
+    unit_id: int = Field(default=1, ge=0, le=255)
+    poll_interval_s: float = Field(default=1.0, ge=0.01, le=60)
+    # A decrease of the counter is a wrap when the old value was within this many counts of the maximum
+    # and the new one within this many counts of 0; otherwise it is a reset (the module lost power).
+    wrap_window: int = Field(default=10_000, ge=1)
+    registers: ModbusRegisters
+    simulation: Simulation | None = None
+
+    @model_validator(mode="after")
+    def _scenario_fits_polling(self) -> Machine:
+        sim = self.simulation
+        if sim is not None:
+            if sim.cycle_s - sim.cycle_jitter_s < 3 * self.poll_interval_s:
+                raise ValueError("simulation.cycle_s - cycle_jitter_s doit durer au moins 3 poll_interval_s")
+            if sim.idle_s * 0.5 < 2 * self.poll_interval_s:
+                raise ValueError("simulation.idle_s doit durer au moins 4 poll_interval_s")
+            if sim.counter_start >= self.registers.parts.modulus:
+                raise ValueError("simulation.counter_start dépasse la capacité du compteur")
+        return self
+
+
+class Site(BaseModel):
+    model_config = _FROZEN
+    id: Slug
+    name: str = Field(min_length=1, max_length=120)
+
+
+class CollectorSettings(BaseModel):
+    model_config = _FROZEN
+    id: Slug = "collector-1"
+    # Events handed to the broker but not yet acknowledged, at most (the rest wait in the outbox).
+    max_inflight: int = Field(default=200, ge=1, le=65535)
+
+
+class GatewaySettings(BaseModel):
+    model_config = _FROZEN
+    client_id: Slug = "copeau-gateway"
+    # Session kept by the broker while the gateway is away (MQTT 5 session expiry), in hours.
+    session_expiry_h: int = Field(default=168, ge=1)
+    max_batch_lines: int = Field(default=5000, ge=1, le=100_000)
+
+
+class Workshop(BaseModel):
+    """The whole `workshop.yaml`."""
+
+    model_config = _FROZEN
+    site: Site
+    services: Services = Services()
+    mqtt: MqttSettings = MqttSettings()
+    influxdb: InfluxSettings = InfluxSettings()
+    collector: CollectorSettings = CollectorSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    machines: list[Machine] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Workshop:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.machines):
+            if m.id in seen:
+                raise ValueError(f"machines[{i}].id: « {m.id} » est déjà utilisé par machines[{seen[m.id]}]")
+            seen[m.id] = i
+        endpoints: dict[tuple[str, int, int], str] = {}
+        for m in self.machines:
+            key = (m.endpoint.host, m.endpoint.port, m.unit_id)
+            if key in endpoints:
+                raise ValueError(f"{m.id} et {endpoints[key]} lisent le même module Modbus {key}")
+            endpoints[key] = m.id
+        if self.services.mode is ServicesMode.MANAGED:
+            for name, host in (("mqtt.host", self.mqtt.host), ("influxdb.host", self.influxdb.host)):
+                if not _is_loopback(host):
+                    raise ValueError(
+                        f"{name}: en mode managed, les services écoutent en local seulement (127.0.0.1)"
+                    )
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return self.services.state_dir
+
+    def machine(self, machine_id: str) -> Machine:
+        for m in self.machines:
+            if m.id == machine_id:
+                return m
+        raise KeyError(machine_id)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading, with file:line:field errors
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` lists every problem found, each with file and line."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+_Path = tuple[str | int, ...]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"clé « {key} » en double (déjà à la ligne {seen[key]})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _lines(node: yaml.Node, path: _Path, out: dict[_Path, int]) -> None:
+    """Map each field path to the line where it is written (the key's line, 1-based)."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, str(key_node.value))
+            out[child] = key_node.start_mark.line + 1
+            _lines(value_node, child, out)
+            # A scalar value's own line is the key's line; nested ones are set by the recursion.
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            out[child] = item.start_mark.line + 1
+            _lines(item, child, out)
+
+
+def _field_name(loc: _Path) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _line_for(loc: _Path, lines: dict[_Path, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+_FRENCH = {
+    "extra_forbidden": "champ inconnu (vérifiez l'orthographe ; voir docs/configuration.md)",
+    "missing": "champ obligatoire manquant",
+    "int_parsing": "doit être un nombre entier",
+    "int_type": "doit être un nombre entier",
+    "int_from_float": "doit être un nombre entier",
+    "float_parsing": "doit être un nombre",
+    "float_type": "doit être un nombre",
+    "bool_parsing": "doit être true ou false",
+    "bool_type": "doit être true ou false",
+    "string_type": "doit être un texte",
+    "string_pattern_mismatch": "lettres minuscules, chiffres, « - » ou « _ » seulement (ex. fraiseuse-1)",
+    "model_type": "doit être un bloc de champs (clé: valeur)",
+    "model_attributes_type": "doit être un bloc de champs (clé: valeur)",
+    "list_type": "doit être une liste (lignes commençant par « - »)",
+    "too_short": "liste trop courte",
+}
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if lang() != "fr":
+        return str(err["msg"])
+    if kind in _FRENCH:
+        return _FRENCH[kind]
+    ctx = err.get("ctx") or {}
+    if kind in ("literal_error", "enum"):
+        return f"doit être l'une des valeurs : {ctx.get('expected', '')}"
+    bounds = {
+        "greater_than_equal": ("≥", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("≤", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        sign, key = bounds[kind]
+        return f"doit être {sign} {ctx.get(key)}"
+    return str(err["msg"])
+
+
+def _problems(exc: ValidationError, file: str, lines: dict[_Path, int]) -> Iterator[ConfigProblem]:
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # Pydantic puts the chosen union member in the path (e.g. "Register"); drop such names.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+        message = _message(err)
+        # A cross-check on the whole file names its own field first ("machines[1].id: ...").
+        if not loc and ": " in message and message.split(": ", 1)[0].startswith("machines["):
+            field, message = message.split(": ", 1)
+            idx = int(field.split("[", 1)[1].split("]", 1)[0])
+            yield ConfigProblem(file, _line_for(("machines", idx), lines), field, message)
+            continue
+        yield ConfigProblem(file, _line_for(loc, lines), _field_name(loc), message)
+
+
+def load_workshop(path: Path | str = DEFAULT_CONFIG) -> Workshop:
+    """Read and validate a workshop file. Raises ConfigError naming file, line and field."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", "fichier introuvable")]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"lecture impossible : {exc}")]) from exc
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError([ConfigProblem(file, line, "", f"YAML invalide : {exc.problem}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, 1, "", "le fichier doit décrire un bloc de champs (site, machines…)")])
+    lines: dict[_Path, int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    try:
+        return Workshop.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(list(_problems(exc, file, lines))) from exc

@@ -1,0 +1,184 @@
+"""The event contract: what a collector publishes and what the gateway accepts.
+
+One module, shared by every part of Copeau, so that the producer and the consumer cannot drift apart.
+`docs/data-contract.md` describes the same thing for people; keep both in step.
+
+Topics (MQTT, QoS 1)::
+
+    copeau/v1/<site>/<machine>/<kind>                      one event, JSON (Event below)
+    copeau/v1/<site>/collectors/<collector>/status         retained "online"/"offline" (last will)
+
+Every event carries its time (`ts`, integer nanoseconds since the Unix epoch, UTC) and a per-machine
+sequence number (`seq`), both fixed at the source. A redelivered event is byte-identical, so the gateway
+writes the same InfluxDB point again and the store keeps it once.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TOPIC_ROOT = "copeau/v1"
+SCHEMA_VERSION = 1
+# Subscription that matches every event topic and nothing else (status topics have one level more).
+EVENT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+"
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_SLUG = re.compile(SLUG_PATTERN)
+
+
+class EventKind(StrEnum):
+    STATE = "state"
+    CYCLE = "cycle"
+    PART = "part"
+    ALARM = "alarm"
+
+
+class MachineState(StrEnum):
+    """What a machine is doing, as seen by its collector."""
+
+    OFFLINE = "offline"  # the collector cannot read the machine (network, power, module down)
+    IDLE = "idle"
+    RUNNING = "running"  # a cycle (program) is running
+    ALARM = "alarm"
+
+
+class CyclePhase(StrEnum):
+    START = "start"
+    END = "end"
+
+
+class CycleOutcome(StrEnum):
+    COMPLETED = "completed"
+    ABORTED = "aborted"  # the cycle stopped and no part was counted with it (alarm, reset, power loss)
+
+
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class StateData(BaseModel):
+    model_config = _FROZEN
+    state: MachineState
+    previous: MachineState | None = None
+
+
+class CycleData(BaseModel):
+    model_config = _FROZEN
+    phase: CyclePhase
+    # Only on phase=end: when the cycle started (ns), how long it ran, and how it ended.
+    started_ts: int | None = None
+    duration_s: float | None = Field(default=None, ge=0)
+    outcome: CycleOutcome | None = None
+
+    @model_validator(mode="after")
+    def _end_has_duration(self) -> CycleData:
+        if self.phase is CyclePhase.END and (self.duration_s is None or self.started_ts is None):
+            raise ValueError("a cycle end carries started_ts and duration_s")
+        return self
+
+
+class PartData(BaseModel):
+    model_config = _FROZEN
+    count: int = Field(ge=1, le=1_000_000)  # parts counted by this event (counter delta)
+    counter: int | None = Field(default=None, ge=0)  # raw counter value read at the source, if any
+    reset: bool = False  # the hardware counter went back to 0 (power cycle) before this reading
+    wrapped: bool = False  # the counter wrapped past its maximum before this reading
+    rebuilt: bool = False  # parts made while the collector was disconnected, rebuilt from the counter
+
+
+class AlarmData(BaseModel):
+    model_config = _FROZEN
+    active: bool
+    code: str | None = Field(default=None, max_length=64)
+    text: str | None = Field(default=None, max_length=256)
+
+
+EventData = StateData | CycleData | PartData | AlarmData
+_DATA_MODEL: dict[EventKind, type[BaseModel]] = {
+    EventKind.STATE: StateData,
+    EventKind.CYCLE: CycleData,
+    EventKind.PART: PartData,
+    EventKind.ALARM: AlarmData,
+}
+
+# Any timestamp before 2000-01-01 or after 2200-01-01 is a bug at the source, not a time.
+_MIN_TS = 946_684_800 * 10**9
+_MAX_TS = 7_258_118_400 * 10**9
+
+
+class Event(BaseModel):
+    """One event from one machine. Immutable; serialised with `encode()`."""
+
+    model_config = _FROZEN
+    v: Literal[1] = SCHEMA_VERSION
+    site: Slug
+    machine: Slug
+    kind: EventKind
+    seq: int = Field(ge=0)
+    ts: int = Field(ge=_MIN_TS, le=_MAX_TS)
+    data: StateData | CycleData | PartData | AlarmData
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_matches_kind(cls, raw: object) -> object:
+        # Choose the data model from `kind` so that a part payload can never be read as a state.
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            try:
+                model = _DATA_MODEL[EventKind(raw.get("kind"))]
+            except ValueError:
+                return raw
+            return {**raw, "data": model.model_validate(raw["data"])}
+        return raw
+
+    @property
+    def topic(self) -> str:
+        return event_topic(self.site, self.machine, self.kind)
+
+    def encode(self) -> bytes:
+        """Compact JSON, stable for a given event (same bytes on every re-send)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ContractError(ValueError):
+    """A payload or topic that does not follow the contract. Carries the reason, for the dead-letter log."""
+
+    def __init__(self, reason: str, *, topic: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.topic = topic
+
+
+def event_topic(site: str, machine: str, kind: EventKind | str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{machine}/{EventKind(kind).value}"
+
+
+def status_topic(site: str, collector: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/collectors/{collector}/status"
+
+
+def is_slug(text: str) -> bool:
+    return bool(_SLUG.match(text))
+
+
+def decode_event(topic: str, payload: bytes) -> Event:
+    """Validate one MQTT message against the contract. Raises ContractError with a readable reason."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT:
+        raise ContractError(f"topic is not {TOPIC_ROOT}/<site>/<machine>/<kind>", topic=topic)
+    try:
+        event = Event.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise ContractError(f"{where}: {first['msg']}", topic=topic) from exc
+    _, _, site, machine, kind = parts
+    if (site, machine, kind) != (event.site, event.machine, event.kind.value):
+        raise ContractError(
+            f"topic says {site}/{machine}/{kind} but payload says {event.site}/{event.machine}/{event.kind}",
+            topic=topic,
+        )
+    return event

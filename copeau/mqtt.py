@@ -1,0 +1,159 @@
+"""One MQTT connection, shared shape for the collector (publisher) and the gateway (durable subscriber).
+
+paho-mqtt runs the network loop in its own thread (`loop_start`), which keeps `publish()` and `ack()`
+safe to call from other threads. paho reconnects by itself with a plain doubling delay; we replace each
+delay with a full-jitter draw (copeau.backoff) from its disconnect callbacks, so that many clients that
+lost the same broker do not come back in lock-step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from copeau.backoff import full_jitter
+from copeau.config import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    """A paho client with jittered reconnects, MQTT 5, and connection state you can wait on."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        clean_start: bool,
+        session_expiry_s: int = 0,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+        will: Will | None = None,
+        on_connected: Callable[[bool], None] | None = None,
+        on_message: Callable[[paho.MQTTMessage], None] | None = None,
+        on_published: Callable[[int], None] | None = None,
+        backoff: Callable[[], Iterator[float]] = full_jitter,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._backoff_factory = backoff
+        self._backoff = backoff()
+        self._on_connected = on_connected
+        self.connected = threading.Event()
+        self.reconnects = 0  # connections made after the first one
+        self._ever_connected = False
+        self._lost_logged = False
+        self._stopping = False
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password.read())
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        # No cap on paho's own queue of outgoing messages: callers bound what they hand over.
+        client.max_inflight_messages_set(65535)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
+        if on_message is not None:
+            client.on_message = lambda _c, _u, msg: on_message(msg)
+        if on_published is not None:
+            client.on_publish = lambda _c, _u, mid, _rc, _p: on_published(mid)
+        self.client = client
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        if self._session_expiry_s:
+            props.SessionExpiryInterval = self._session_expiry_s
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
+        self._next_delay()
+        self.client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=self._clean_start,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Hand one message to paho; returns its message id (acknowledged later through on_published)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return int(info.mid)
+
+    # -- paho callbacks (network thread)
+
+    def _next_delay(self) -> None:
+        delay = next(self._backoff)
+        self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts floats
+
+    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT %s:%s refused %s: %s", self.settings.host, self.settings.port, self.client_id, reason)
+            self._next_delay()
+            return
+        session_present = bool(getattr(_flags, "session_present", False))
+        if self._ever_connected:
+            self.reconnects += 1
+            log.info("MQTT %s: connection back (session kept: %s)", self.client_id, session_present)
+        self._ever_connected = True
+        self._lost_logged = False
+        self._backoff = self._backoff_factory()
+        self._next_delay()
+        self.connected.set()
+        if self._on_connected is not None:
+            self._on_connected(session_present)
+
+    def _handle_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        if self._stopping:
+            return
+        if not self._lost_logged:  # log once on loss, once on recovery
+            log.warning("MQTT %s: connection lost (%s); reconnecting", self.client_id, reason)
+            self._lost_logged = True
+        self._next_delay()
+
+    def _handle_connect_fail(self, _c: Any, _u: Any) -> None:
+        if not self._lost_logged:
+            log.warning("MQTT %s: broker %s:%s unreachable; retrying", self.client_id, self.settings.host,
+                        self.settings.port)
+            self._lost_logged = True
+        self._next_delay()

@@ -1,0 +1,91 @@
+"""Shared fixtures: real mosquitto and influxd on free loopback ports, in temporary directories."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+
+from copeau.services import ManagedProcess, create_database, free_port, influxd_process, mosquitto_process
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+
+
+@dataclass
+class Influx:
+    process: ManagedProcess
+    url: str
+    _ids: Iterator[int]
+
+    def new_database(self, prefix: str = "t") -> str:
+        """A fresh, empty database for one test."""
+        name = f"{prefix}_{next(self._ids)}"
+        create_database(self.url, name)
+        return name
+
+    def query(self, database: str, q: str) -> list[dict[str, Any]]:
+        """Run InfluxQL; return the series of the first statement ([] when empty)."""
+        http = urllib3.PoolManager()
+        resp = http.request("GET", f"{self.url}/query?" + urllib.parse.urlencode({"db": database, "q": q,
+                                                                              "epoch": "ns"}))
+        assert resp.status == 200, resp.data
+        result = resp.json()["results"][0]
+        assert "error" not in result, result
+        return list(result.get("series", []))
+
+    def scalar(self, database: str, q: str) -> Any:
+        series = self.query(database, q)
+        if not series:
+            return None
+        return series[0]["values"][0][1]
+
+
+@pytest.fixture(scope="session")
+def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influx]:
+    state = tmp_path_factory.mktemp("influx")
+    port, rpc = free_port(), free_port()
+    proc = influxd_process(host="127.0.0.1", port=port, rpc_port=rpc, state_dir=state)
+    proc.start()
+    try:
+        yield Influx(process=proc, url=f"http://127.0.0.1:{port}", _ids=itertools.count(1))
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., ManagedProcess]]:
+    """Start a fresh mosquitto; returns a factory so that a test can restart one on the same port and state."""
+    started: list[ManagedProcess] = []
+
+    def start(port: int | None = None, state_dir: Path | None = None) -> ManagedProcess:
+        proc = mosquitto_process(host="127.0.0.1", port=port or free_port(), state_dir=state_dir or tmp_path,
+                                 max_queued_mb=64)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., ManagedProcess]) -> ManagedProcess:
+    return broker_factory()
