@@ -14,7 +14,7 @@ def full_jitter(
     *, base_s: float = 0.2, cap_s: float = 5.0, rng: random.Random | None = None, floor_s: float = 0.05
 ) -> Iterator[float]:
     """Yield an endless schedule of delays in seconds. `floor_s` avoids a busy loop on a 0 draw."""
-    draw = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    draw = rng or random.Random()
     attempt = 0
     while True:
         ceiling = min(cap_s, base_s * 2**attempt)

@@ -259,9 +259,7 @@ class Workshop(BaseModel):
         if self.services.mode is ServicesMode.MANAGED:
             for name, host in (("mqtt.host", self.mqtt.host), ("influxdb.host", self.influxdb.host)):
                 if not _is_loopback(host):
-                    raise ValueError(
-                        f"{name}: en mode managed, les services écoutent en local seulement (127.0.0.1)"
-                    )
+                    raise ValueError(f"{name}: en mode managed, les services écoutent en local seulement (127.0.0.1)")
         return self
 
     @property
@@ -434,8 +432,8 @@ def load_workshop(path: Path | str = DEFAULT_CONFIG) -> Workshop:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(file, None, "", f"lecture impossible : {exc}")]) from exc
     try:
-        node = yaml.compose(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -153,7 +153,11 @@ class MqttLink:
 
     def _handle_connect_fail(self, _c: Any, _u: Any) -> None:
         if not self._lost_logged:
-            log.warning("MQTT %s: broker %s:%s unreachable; retrying", self.client_id, self.settings.host,
-                        self.settings.port)
+            log.warning(
+                "MQTT %s: broker %s:%s unreachable; retrying",
+                self.client_id,
+                self.settings.host,
+                self.settings.port,
+            )
             self._lost_logged = True
         self._next_delay()

@@ -149,7 +149,7 @@ class ManagedProcess:
     def start(self, *, timeout_s: float = 30.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv built from a found binary and our paths
+            self.proc = subprocess.Popen(
                 self.argv,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -160,16 +160,20 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
-                raise ServiceError(
-                    t("services.failed", what=self.name, reason=f"exit code {code}", log=self.log_path)
-                )
+                raise ServiceError(t("services.failed", what=self.name, reason=f"exit code {code}", log=self.log_path))
             if self.ready():
                 log.info(t("services.started", what=self.name, host=self.host, port=self.port, log=self.log_path))
                 return
             time.sleep(0.05)
         self.stop()
-        raise ServiceError(t("services.failed", what=self.name, reason=f"not ready after {timeout_s:.0f} s",
-                             log=self.log_path))
+        raise ServiceError(
+            t(
+                "services.failed",
+                what=self.name,
+                reason=f"not ready after {timeout_s:.0f} s",
+                log=self.log_path,
+            )
+        )
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time. Safe to call twice."""
@@ -221,8 +225,9 @@ def _check_port(host: str, port: int, *, what: str, field: str, config: str) -> 
         raise ServiceError(t("services.port_busy", port=port, what=what, host=host, field=field, config=config))
 
 
-def mosquitto_process(*, host: str, port: int, state_dir: Path, max_queued_mb: int = 512,
-                      config_name: str = "workshop.yaml") -> ManagedProcess:
+def mosquitto_process(
+    *, host: str, port: int, state_dir: Path, max_queued_mb: int = 512, config_name: str = "workshop.yaml"
+) -> ManagedProcess:
     """Write mosquitto.conf under state_dir/mosquitto and describe the process (not started yet)."""
     _check_port(host, port, what="MQTT", field="mqtt.port", config=config_name)
     data_dir = (state_dir / "mosquitto").resolve()
@@ -239,8 +244,9 @@ def mosquitto_process(*, host: str, port: int, state_dir: Path, max_queued_mb: i
     )
 
 
-def influxd_process(*, host: str, port: int, rpc_port: int, state_dir: Path,
-                    config_name: str = "workshop.yaml") -> ManagedProcess:
+def influxd_process(
+    *, host: str, port: int, rpc_port: int, state_dir: Path, config_name: str = "workshop.yaml"
+) -> ManagedProcess:
     """Write influxd.conf under state_dir/influxdb and describe the process (not started yet)."""
     _check_port(host, port, what="InfluxDB HTTP", field="influxdb.port", config=config_name)
     _check_port(host, rpc_port, what="InfluxDB RPC", field="influxdb.rpc_port", config=config_name)
@@ -264,21 +270,44 @@ def create_database(url: str, database: str, *, auth: tuple[str, str] | None = N
     http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10))
     headers = urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}") if auth else {}
     body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{database}"'})
-    resp = http.request("POST", f"{url}/query", body=body, headers={
-        **headers, "Content-Type": "application/x-www-form-urlencoded"})
+    resp = http.request(
+        "POST",
+        f"{url}/query",
+        body=body,
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     if resp.status != 200:
         raise ServiceError(f"CREATE DATABASE {database} on {url}: HTTP {resp.status} {resp.data[:200]!r}")
 
 
 @contextlib.contextmanager
-def managed_services(*, mqtt_host: str, mqtt_port: int, influx_host: str, influx_port: int, influx_rpc_port: int,
-                     database: str, state_dir: Path, max_queued_mb: int = 512,
-                     config_name: str = "workshop.yaml") -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
+def managed_services(
+    *,
+    mqtt_host: str,
+    mqtt_port: int,
+    influx_host: str,
+    influx_port: int,
+    influx_rpc_port: int,
+    database: str,
+    state_dir: Path,
+    max_queued_mb: int = 512,
+    config_name: str = "workshop.yaml",
+) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
     """Start mosquitto and influxd, create the database, and stop both on exit (even on error)."""
-    broker = mosquitto_process(host=mqtt_host, port=mqtt_port, state_dir=state_dir, max_queued_mb=max_queued_mb,
-                               config_name=config_name)
-    influx = influxd_process(host=influx_host, port=influx_port, rpc_port=influx_rpc_port, state_dir=state_dir,
-                             config_name=config_name)
+    broker = mosquitto_process(
+        host=mqtt_host,
+        port=mqtt_port,
+        state_dir=state_dir,
+        max_queued_mb=max_queued_mb,
+        config_name=config_name,
+    )
+    influx = influxd_process(
+        host=influx_host,
+        port=influx_port,
+        rpc_port=influx_rpc_port,
+        state_dir=state_dir,
+        config_name=config_name,
+    )
     try:
         broker.start()
         influx.start()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import urllib3
 
+from copeau.config import Workshop
 from copeau.services import ManagedProcess, create_database, free_port, influxd_process, mosquitto_process
 
 
@@ -43,8 +44,9 @@ class Influx:
     def query(self, database: str, q: str) -> list[dict[str, Any]]:
         """Run InfluxQL; return the series of the first statement ([] when empty)."""
         http = urllib3.PoolManager()
-        resp = http.request("GET", f"{self.url}/query?" + urllib.parse.urlencode({"db": database, "q": q,
-                                                                              "epoch": "ns"}))
+        resp = http.request(
+            "GET", f"{self.url}/query?" + urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
+        )
         assert resp.status == 200, resp.data
         result = resp.json()["results"][0]
         assert "error" not in result, result
@@ -75,8 +77,9 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., ManagedProcess]]:
     started: list[ManagedProcess] = []
 
     def start(port: int | None = None, state_dir: Path | None = None) -> ManagedProcess:
-        proc = mosquitto_process(host="127.0.0.1", port=port or free_port(), state_dir=state_dir or tmp_path,
-                                 max_queued_mb=64)
+        proc = mosquitto_process(
+            host="127.0.0.1", port=port or free_port(), state_dir=state_dir or tmp_path, max_queued_mb=64
+        )
         proc.start()
         started.append(proc)
         return proc
@@ -89,3 +92,46 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., ManagedProcess]]:
 @pytest.fixture
 def broker(broker_factory: Callable[..., ManagedProcess]) -> ManagedProcess:
     return broker_factory()
+
+
+REGISTERS = {
+    "cycle_running": {"table": "discrete_input", "address": 0},
+    "spindle_on": {"table": "discrete_input", "address": 1},
+    "alarm": {"table": "discrete_input", "address": 2},
+    "parts": {"table": "holding_register", "address": 0, "type": "uint32", "count": 2, "word_order": "big"},
+}
+
+
+def make_workshop(
+    state_dir: Path,
+    *,
+    mqtt_port: int,
+    influx_port: int = 18086,
+    database: str = "copeau",
+    machines: list[dict[str, Any]],
+    **extra: Any,
+) -> Workshop:
+    """A validated Workshop for a test, pointing at the fixtures' servers."""
+    return Workshop.model_validate(
+        {
+            "site": {"id": "test-site", "name": "Test"},
+            "services": {"mode": "external", "state_dir": str(state_dir)},
+            "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+            "influxdb": {"host": "127.0.0.1", "port": influx_port, "database": database},
+            "machines": machines,
+            **extra,
+        }
+    )
+
+
+def modbus_machine(machine_id: str, port: int, *, poll: float = 0.05, **overrides: Any) -> dict[str, Any]:
+    return {
+        "id": machine_id,
+        "name": machine_id,
+        "kind": "mill",
+        "protocol": "modbus",
+        "endpoint": {"host": "127.0.0.1", "port": port},
+        "poll_interval_s": poll,
+        "registers": REGISTERS,
+        **overrides,
+    }

@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from copeau.errors import ServiceError
 from copeau.services import ManagedProcess, free_port, mosquitto_process
@@ -15,11 +16,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_influx_answers_and_stores(influx: Influx) -> None:
-    import urllib3
-
     db = influx.new_database()
-    resp = urllib3.PoolManager().request("POST", f"{influx.url}/write?db={db}&precision=ns",
-                                         body=b"m,machine=a v=1i 1700000000000000000\nm,machine=a v=1i 1700000000000000000")
+    resp = urllib3.PoolManager().request(
+        "POST",
+        f"{influx.url}/write?db={db}&precision=ns",
+        body=b"m,machine=a v=1i 1700000000000000000\nm,machine=a v=1i 1700000000000000000",
+    )
     assert resp.status == 204
     assert influx.scalar(db, "SELECT count(v) FROM m") == 1  # the same point twice is stored once
 

@@ -1,0 +1,38 @@
+# Copeau — two commands on a fresh Debian or Ubuntu machine:
+#   make demo   set everything up, then run a simulated workshop (Ctrl-C or DEMO_SECONDS=N to stop)
+#   make test   set everything up, then run the test suite against real mosquitto and influxd
+# Running either again is fast: the set-up only redoes what is missing or out of date.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.copeau-installed
+
+.PHONY: setup system-deps demo test test-unit test-integration lint clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/setup-system.sh
+
+# Re-installed only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installation des dépendances Python dans $(VENV)…"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/copeau demo
+
+test: setup
+	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -m integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis .mypy_cache .ruff_cache

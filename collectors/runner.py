@@ -1,0 +1,278 @@
+"""The collector process: poll every machine, derive events, keep them in the outbox, publish them.
+
+One asyncio task per machine polls at the machine's interval (starts staggered across the interval so that
+20 machines are not read in the same millisecond), feeds the pure core, and commits the events with the
+machine's resume point to the outbox. One publisher task hands outbox rows to MQTT (QoS 1) and deletes
+them when the broker acknowledges them. A broker outage therefore only makes the outbox grow.
+
+A machine that cannot be read is published once as `offline` (never as stale values), logged once on loss
+and once on recovery, and retried with a short full-jitter backoff capped at 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collectors.core import Derived, Deriver, Sample, Snapshot
+from collectors.modbus import ModbusSource
+from collectors.outbox import Outbox
+from collectors.source import MachineSource
+from copeau.backoff import full_jitter
+from copeau.config import Machine, Workshop
+from copeau.contract import CycleData, CyclePhase, Event, MachineState, PartData, status_topic
+from copeau.errors import MachineUnavailable
+from copeau.mqtt import MqttLink, Will
+
+log = logging.getLogger(__name__)
+
+RECONNECT_CAP_S = 2.0
+
+
+@dataclass
+class MachineView:
+    """The collector's latest knowledge of one machine (for the demo summary and for tests)."""
+
+    state: MachineState | None = None
+    counter: int | None = None
+    parts: int = 0  # parts counted by this collector process since it started
+    last_cycle_s: float | None = None
+    last_sample_ts: int | None = None
+    polls: int = 0
+    missed_intervals: int = 0
+
+
+@dataclass
+class CollectorStats:
+    published: int = 0
+    acknowledged: int = 0
+    views: dict[str, MachineView] = field(default_factory=dict)
+
+
+def outbox_path(workshop: Workshop) -> Path:
+    return workshop.state_dir / "collector" / f"{workshop.collector.id}.outbox.sqlite"
+
+
+class Collector:
+    """Collects every machine of a workshop. `await run(stop)` until `stop` is set, then shuts down cleanly."""
+
+    def __init__(
+        self,
+        workshop: Workshop,
+        *,
+        sources: Mapping[str, MachineSource] | None = None,
+        outbox: Path | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.workshop = workshop
+        self._clock_ns = clock_ns
+        self._sources: dict[str, MachineSource] = dict(sources or {})
+        for m in workshop.machines:
+            self._sources.setdefault(m.id, ModbusSource(m, clock_ns=clock_ns))
+        self.outbox = Outbox(outbox or outbox_path(workshop))
+        self.stats = CollectorStats(views={m.id: MachineView() for m in workshop.machines})
+        self._inflight: dict[int, int] = {}  # MQTT message id → outbox row id
+        self._acked: list[int] = []
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        cid = workshop.collector.id
+        self._status_topic = status_topic(workshop.site.id, cid)
+        self.link = MqttLink(
+            workshop.mqtt,
+            client_id=f"copeau-{workshop.site.id}-{cid}",
+            clean_start=True,  # the outbox, not the broker session, is what keeps unacknowledged events
+            will=Will(self._status_topic, b'{"status":"offline"}'),
+            on_connected=self._on_connected,
+            on_published=self._on_published,
+        )
+
+    # -- lifecycle
+
+    async def run(self, stop: asyncio.Event, *, drain_timeout_s: float = 5.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.link.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                n = len(self.workshop.machines)
+                pollers = [
+                    tg.create_task(self._poll(m, offset_s=i * m.poll_interval_s / n), name=f"poll:{m.id}")
+                    for i, m in enumerate(self.workshop.machines)
+                ]
+                publisher = tg.create_task(self._publish_loop(), name="publish")
+                await stop.wait()
+                for task in pollers:
+                    task.cancel()
+                await self._drain(drain_timeout_s)
+                publisher.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _drain(self, timeout_s: float) -> None:
+        """Give the broker a moment to acknowledge what is queued; what is left stays in the outbox."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.outbox.depth() and self.link.connected.is_set():
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "%d events left in the outbox (%s); sent at next start",
+                    self.outbox.depth(),
+                    self.outbox.path,
+                )
+                return
+            self._wake.set()
+            await asyncio.sleep(0.05)
+
+    async def _shutdown(self) -> None:
+        if self.link.connected.is_set():
+            info = self.link.client.publish(self._status_topic, b'{"status":"offline"}', qos=1, retain=True)
+            await asyncio.to_thread(info.wait_for_publish, 2.0)
+        self.link.stop()
+        for source in self._sources.values():
+            await source.close()
+        self.outbox.close()
+
+    # -- polling
+
+    async def _poll(self, machine: Machine, *, offset_s: float) -> None:
+        source = self._sources[machine.id]
+        view = self.stats.views[machine.id]
+        record = self.outbox.machine(machine.id)
+        seq = record.next_seq if record else 0
+        snapshot = Snapshot.from_dict(record.snapshot).after_restart() if record else None
+        deriver = Deriver(
+            counter_modulus=machine.registers.parts.modulus,
+            wrap_window=machine.wrap_window,
+            snapshot=snapshot,
+        )
+        committed = deriver.snapshot
+        loop = asyncio.get_running_loop()
+        interval = machine.poll_interval_s
+        next_tick = loop.time() + offset_s
+        backoff = None
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            try:
+                sample = await source.read()
+                if backoff is not None:
+                    log.info("%s: readable again", machine.id)
+                    backoff = None
+            except MachineUnavailable as exc:
+                if backoff is None:
+                    log.warning("%s: cannot be read (%s); retrying", machine.id, exc)
+                    backoff = full_jitter(base_s=interval, cap_s=RECONNECT_CAP_S)
+                sample = Sample(ts=self._clock_ns(), available=False)
+            sample = self._monotonic(sample, deriver.snapshot.last_ts, machine.id)
+            events = deriver.feed(sample)
+            view.polls += 1
+            view.last_sample_ts = sample.ts
+            if events or _resume_point_moved(committed, deriver.snapshot):
+                messages = []
+                for d in events:
+                    event = Event(
+                        site=self.workshop.site.id,
+                        machine=machine.id,
+                        kind=d.kind,
+                        seq=seq,
+                        ts=d.ts,
+                        data=d.data,
+                    )
+                    messages.append((event.topic, event.encode()))
+                    seq += 1
+                    _update_view(view, d)
+                self.outbox.commit(machine.id, next_seq=seq, snapshot=deriver.snapshot.to_dict(), messages=messages)
+                committed = deriver.snapshot
+                if messages:
+                    self._wake.set()
+            view.state = deriver.snapshot.state
+            view.counter = deriver.snapshot.counter
+            next_tick += interval
+            if backoff is not None:
+                next_tick = max(next_tick, loop.time() + next(backoff))
+            elif next_tick < loop.time():
+                missed = int((loop.time() - next_tick) // interval) + 1
+                view.missed_intervals += missed
+                next_tick += missed * interval
+
+    def _monotonic(self, sample: Sample, last_ts: int | None, machine_id: str) -> Sample:
+        # A PC clock stepped back (NTP, a wrong manual setting) must not stop collection: keep event times
+        # increasing, and say so once.
+        if last_ts is not None and sample.ts <= last_ts:
+            log.warning(
+                "%s: the clock went back %.3f s; event times held monotonic",
+                machine_id,
+                (last_ts - sample.ts) / 1e9,
+            )
+            return Sample(
+                ts=last_ts + 1,
+                available=sample.available,
+                cycle_running=sample.cycle_running,
+                alarm=sample.alarm,
+                counter=sample.counter,
+            )
+        return sample
+
+    # -- publishing
+
+    async def _publish_loop(self) -> None:
+        last_sent = 0
+        max_inflight = self.workshop.collector.max_inflight
+        while True:
+            try:
+                async with asyncio.timeout(1.0):  # also wake now and then, in case a signal was missed
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._acked:
+                acked, self._acked = self._acked, []
+                ids = [self._inflight.pop(mid) for mid in acked if mid in self._inflight]
+                self.outbox.acknowledge(ids)
+                self.stats.acknowledged += len(ids)
+            if not self._inflight:
+                last_sent = 0  # everything handed over was acknowledged: rescan from the oldest row
+            if not self.link.connected.is_set():
+                continue
+            room = max_inflight - len(self._inflight)
+            if room <= 0:
+                continue
+            for row in self.outbox.pending(after_id=last_sent, limit=room):
+                mid = self.link.publish(row.topic, row.payload)
+                self._inflight[mid] = row.id
+                last_sent = row.id
+                self.stats.published += 1
+
+    # paho network thread → event loop
+
+    def _on_published(self, mid: int) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ack, mid)
+
+    def _ack(self, mid: int) -> None:
+        self._acked.append(mid)
+        self._wake.set()
+
+    def _on_connected(self, _session_present: bool) -> None:
+        self.link.client.publish(self._status_topic, b'{"status":"online"}', qos=1, retain=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+
+def _resume_point_moved(old: Snapshot, new: Snapshot) -> bool:
+    # The sample time alone changing is not worth a disk write; anything the resume depends on is.
+    return (old.counter, old.tracking, old.alarm, old.state, old.outage) != (
+        new.counter,
+        new.tracking,
+        new.alarm,
+        new.state,
+        new.outage,
+    )
+
+
+def _update_view(view: MachineView, d: Derived) -> None:
+    if isinstance(d.data, PartData):
+        view.parts += d.data.count
+    elif isinstance(d.data, CycleData) and d.data.phase is CyclePhase.END:
+        view.last_cycle_s = d.data.duration_s

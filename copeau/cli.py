@@ -1,0 +1,199 @@
+"""The `copeau` command. Each sub-command exits non-zero on an error, with a message a person can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from copeau.config import DEFAULT_CONFIG, ConfigError, ServicesMode, Workshop, load_workshop
+from copeau.errors import CopeauError
+from copeau.i18n import t
+
+app = typer.Typer(
+    help="Copeau : suivi d'atelier pour les Écoles de production (COPEAU_LANG=en for English).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Fichier de configuration de l'atelier (workshop.yaml).")
+]
+
+
+def _load(path: Path) -> Workshop:
+    try:
+        return load_workshop(path)
+    except ConfigError as exc:
+        typer.echo(t("config.invalid", n=len(exc.problems)), err=True)
+        for problem in sorted(exc.problems, key=lambda p: p.line or 0):
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextlib.contextmanager
+def _services(workshop: Workshop, config: Path) -> Iterator[None]:
+    """Managed mode: start mosquitto and influxd for the duration. External mode: nothing to start."""
+    if workshop.services.mode is not ServicesMode.MANAGED:
+        yield
+        return
+    from copeau.services import managed_services
+
+    with managed_services(
+        mqtt_host=workshop.mqtt.host,
+        mqtt_port=workshop.mqtt.port,
+        influx_host=workshop.influxdb.host,
+        influx_port=workshop.influxdb.port,
+        influx_rpc_port=workshop.influxdb.rpc_port,
+        database=workshop.influxdb.database,
+        state_dir=workshop.state_dir,
+        max_queued_mb=workshop.mqtt.max_queued_mb,
+        config_name=str(config),
+    ):
+        yield
+
+
+async def _until_signal(stop: asyncio.Event, seconds: float | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if seconds:
+        loop.call_later(seconds, stop.set)
+
+
+def _fail(exc: CopeauError) -> typer.Exit:
+    typer.echo(str(exc), err=True)
+    return typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Argument(help="workshop.yaml")] = DEFAULT_CONFIG) -> None:
+    """Vérifie un fichier de configuration (file:line: field: problem)."""
+    workshop = _load(config)
+    typer.echo(t("config.ok", file=config, site=workshop.site.name, machines=len(workshop.machines)))
+
+
+@app.command()
+def demo(
+    config: ConfigOption = DEFAULT_CONFIG,
+    seconds: Annotated[
+        float | None, typer.Option(help="S'arrêter seul après N secondes (défaut : $DEMO_SECONDS, sinon jamais).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Atelier simulé complet : services, simulateurs, collecteur, passerelle, résumé en direct."""
+    _logging(verbose)
+    workshop = _load(config)
+    if seconds is None and os.environ.get("DEMO_SECONDS"):
+        seconds = float(os.environ["DEMO_SECONDS"])
+    from copeau.demo import run_demo
+
+    try:
+        with _services(workshop, config):
+            ok = asyncio.run(run_demo(workshop, seconds=seconds, until=_until_signal))
+    except CopeauError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def services(
+    config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
+) -> None:
+    """Lance mosquitto et influxd gérés par Copeau (mode managed) jusqu'à Ctrl-C."""
+    _logging(verbose)
+    workshop = _load(config)
+    if workshop.services.mode is not ServicesMode.MANAGED:
+        typer.echo("services.mode est « external » : rien à lancer.", err=True)
+        raise typer.Exit(2)
+
+    async def wait() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        await stop.wait()
+
+    try:
+        with _services(workshop, config):
+            asyncio.run(wait())
+    except CopeauError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def collector(
+    config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
+) -> None:
+    """Lit les machines et publie leurs événements sur MQTT (avec file d'attente durable)."""
+    _logging(verbose)
+    workshop = _load(config)
+    from collectors.runner import Collector
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        await Collector(workshop).run(stop)
+
+    asyncio.run(run())
+
+
+@app.command()
+def gateway(
+    config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
+) -> None:
+    """Reçoit les événements MQTT et les écrit dans InfluxDB (API v1)."""
+    _logging(verbose)
+    workshop = _load(config)
+    from gateway.service import Gateway
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        gw = Gateway(workshop)
+        gw.start()
+        try:
+            await stop.wait()
+        finally:
+            gw.stop()
+
+    asyncio.run(run())
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
+) -> None:
+    """Simule les machines qui ont un bloc `simulation:` (vérité terrain dans <state_dir>/truth/)."""
+    _logging(verbose)
+    workshop = _load(config)
+    from simulators.modbus import run_simulators
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        task = asyncio.create_task(run_simulators(workshop.machines, workshop.state_dir), name="simulators")
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,166 @@
+"""`copeau demo`: a simulated workshop, end to end, in one process.
+
+Simulated Modbus mills → collector → MQTT (managed mosquitto) → gateway → InfluxDB (managed influxd).
+Every few seconds it prints, per machine, what InfluxDB holds (state, parts, last cycle time), and the
+InfluxQL that gives the same numbers. On stop (Ctrl-C, SIGTERM or DEMO_SECONDS) it lets the simulated
+machines finish the cycle in progress, lets every part reach InfluxDB, and compares InfluxDB with the
+simulators' ground truth (`<state_dir>/truth/*.jsonl`). The exit code says whether they match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from gateway.service import Gateway
+
+from collectors.runner import Collector
+from copeau.config import Workshop
+from copeau.i18n import t
+from copeau.influxql import InfluxQuery
+from simulators.groundtruth import read_truth, truth_path
+from simulators.modbus import ModbusMachineSimulator
+
+SUMMARY_EVERY_S = 5.0
+
+
+def _rfc3339(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summary_queries(site: str, since_ns: int) -> dict[str, str]:
+    """The InfluxQL behind the live summary (printed for the user, run as is)."""
+    since = _rfc3339(since_ns)
+    where = f"\"site\" = '{site}' AND time >= '{since}'"
+    return {
+        "parts": f'SELECT sum("count") FROM "part" WHERE {where} GROUP BY "machine"',
+        "state": f'SELECT last("state") FROM "state" WHERE "site" = \'{site}\' GROUP BY "machine"',
+        "cycle": f'SELECT last("duration_s") FROM "cycle" WHERE {where} AND "phase" = \'end\' GROUP BY "machine"',
+    }
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+class Demo:
+    def __init__(self, workshop: Workshop) -> None:
+        self.workshop = workshop
+        self.machines = [m for m in workshop.machines if m.simulation is not None]
+        self.influx = InfluxQuery(workshop.influxdb)
+        self.started_ns = time.time_ns()
+        # Shortened so that the first part is rounded down to the second the query shows.
+        self.since_ns = self.started_ns - self.started_ns % 1_000_000_000
+        self.queries = summary_queries(workshop.site.id, self.since_ns)
+
+    def stored_parts(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.influx.by_tag(self.queries["parts"], "machine").items()}
+
+    def print_summary(self) -> None:
+        parts = self.stored_parts()
+        states = self.influx.by_tag(self.queries["state"], "machine")
+        cycles = self.influx.by_tag(self.queries["cycle"], "machine")
+        now = datetime.now().strftime("%H:%M:%S")
+        print(
+            t(
+                "demo.table_header",
+                time=now,
+                machine=t("demo.col.machine"),
+                state=t("demo.col.state"),
+                parts=t("demo.col.parts"),
+                cycle=t("demo.col.cycle"),
+            )
+        )
+        for m in self.machines:
+            state = states.get(m.id)
+            cycle = cycles.get(m.id)
+            print(
+                t(
+                    "demo.table_header",
+                    time=" " * len(now),
+                    machine=m.id,
+                    state=t(f"state.{state}") if state else t("state.unknown"),
+                    parts=parts.get(m.id, 0),
+                    cycle=f"{cycle:.2f} s" if cycle is not None else "—",
+                )
+            )
+        print(flush=True)
+
+
+async def run_demo(
+    workshop: Workshop, *, seconds: float | None, until: Callable[[asyncio.Event, float | None], Awaitable[None]]
+) -> bool:
+    """Run the demo until a signal or `seconds`; return True when InfluxDB matches the ground truth."""
+    demo = Demo(workshop)
+    print(t("demo.header", site=workshop.site.name, machines=len(demo.machines)))
+    print(t("demo.stop_after", seconds=int(seconds)) if seconds else t("demo.stop_hint"))
+    print(t("demo.query_hint", url=workshop.influxdb.url, db=workshop.influxdb.database))
+    for q in demo.queries.values():
+        print(f"  {q}")
+    print(flush=True)
+
+    # Each demo run starts a fresh ground truth: the simulated machines start again from their scenario.
+    for m in demo.machines:
+        truth_path(workshop.state_dir, m.id).unlink(missing_ok=True)
+
+    stop = asyncio.Event()
+    await until(stop, seconds)
+    gateway = Gateway(workshop)
+    gateway.start()
+    sims = [ModbusMachineSimulator(m, truth_path=truth_path(workshop.state_dir, m.id)) for m in demo.machines]
+    collector = Collector(workshop)
+    collector_stop = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sim_tasks = [tg.create_task(s.run(), name=f"simulate:{s.machine.id}") for s in sims]
+            collector_task = tg.create_task(collector.run(collector_stop), name="collector")
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SUMMARY_EVERY_S):
+                        await stop.wait()
+                if not stop.is_set():
+                    demo.print_summary()
+            print(t("demo.stopping"), flush=True)
+            ok = await _finish(demo, sims, collector, collector_stop)
+            await collector_task
+            for task in sim_tasks:
+                task.cancel()
+    finally:
+        gateway.stop()
+    print(t("demo.done"), flush=True)
+    return ok
+
+
+async def _finish(
+    demo: Demo, sims: list[ModbusMachineSimulator], collector: Collector, collector_stop: asyncio.Event
+) -> bool:
+    """Stop production, let every part reach InfluxDB, then compare with the ground truth."""
+    for sim in sims:
+        sim.stop_production()
+    longest_cycle = max(
+        (m.simulation.cycle_s + m.simulation.cycle_jitter_s for m in demo.machines if m.simulation), default=0.0
+    )
+    await _wait_for(lambda: all(s.finished.is_set() for s in sims), longest_cycle + 5)
+    views = collector.stats.views
+    await _wait_for(lambda: all(views[s.machine.id].counter == s.counter for s in sims), 10)
+    collector_stop.set()
+    truths = {m.id: read_truth(truth_path(demo.workshop.state_dir, m.id)) for m in demo.machines}
+    await _wait_for(lambda: demo.stored_parts() == {k: v.parts for k, v in truths.items() if v.parts}, 15)
+    demo.print_summary()
+    stored = demo.stored_parts()
+    ok = True
+    for m in demo.machines:
+        truth = truths[m.id].parts
+        got = stored.get(m.id, 0)
+        key = "demo.check_ok" if got == truth else "demo.check_bad"
+        ok = ok and got == truth
+        print(t(key, machine=m.id, stored=got, truth=truth, file=truth_path(demo.workshop.state_dir, m.id)))
+    return ok
