@@ -357,6 +357,21 @@ def _field_name(loc: _Path) -> str:
     return text
 
 
+def _parse_field(text: str) -> _Path | None:
+    """'machines[1].id' → ('machines', 1, 'id'); None when the text is not a field path."""
+    path: list[str | int] = []
+    for part in text.split("."):
+        name, _, index = part.partition("[")
+        if not name.isidentifier():
+            return None
+        path.append(name)
+        if index:
+            if not index.endswith("]") or not index[:-1].isdigit():
+                return None
+            path.append(int(index[:-1]))
+    return tuple(path)
+
+
 def _line_for(loc: _Path, lines: dict[_Path, int]) -> int | None:
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
@@ -413,11 +428,12 @@ def _problems(exc: ValidationError, file: str, lines: dict[_Path, int]) -> Itera
         loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
         message = _message(err)
         # A cross-check on the whole file names its own field first ("machines[1].id: ...").
-        if not loc and ": " in message and message.split(": ", 1)[0].startswith("machines["):
-            field, message = message.split(": ", 1)
-            idx = int(field.split("[", 1)[1].split("]", 1)[0])
-            yield ConfigProblem(file, _line_for(("machines", idx), lines), field, message)
-            continue
+        if not loc and ": " in message:
+            field, rest = message.split(": ", 1)
+            named = _parse_field(field)
+            if named and named[0] in Workshop.model_fields:
+                yield ConfigProblem(file, _line_for(named, lines), field, rest)
+                continue
         yield ConfigProblem(file, _line_for(loc, lines), _field_name(loc), message)
 
 
