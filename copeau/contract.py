@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TOPIC_ROOT = "copeau/v1"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 # Subscription that matches every event topic and nothing else (status topics have one level more).
 EVENT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+"
 
@@ -128,7 +128,7 @@ class Event(BaseModel):
         # Choose the data model from `kind` so that a part payload can never be read as a state.
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
             try:
-                model = _DATA_MODEL[EventKind(raw.get("kind"))]
+                model = _DATA_MODEL[EventKind(str(raw.get("kind")))]
             except ValueError:
                 return raw
             return {**raw, "data": model.model_validate(raw["data"])}
