@@ -19,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from collectors.core import Sample
-from copeau.config import Machine, Register, Table, ValueType
+from copeau.config import ModbusMachine, Register, Table, ValueType
 from copeau.errors import MachineUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class ModbusSource:
     """Reads one machine's retrofit module over Modbus TCP."""
 
     def __init__(
-        self, machine: Machine, *, clock_ns: Callable[[], int] = time.time_ns, timeout_s: float | None = None
+        self, machine: ModbusMachine, *, clock_ns: Callable[[], int] = time.time_ns, timeout_s: float | None = None
     ) -> None:
         self.machine = machine
         self.machine_id = machine.id

@@ -23,7 +23,7 @@ from collectors.modbus import ModbusSource
 from collectors.outbox import Outbox
 from collectors.source import MachineSource
 from copeau.backoff import full_jitter
-from copeau.config import Machine, Workshop
+from copeau.config import Machine, ModbusMachine, Workshop
 from copeau.contract import CycleData, CyclePhase, Event, MachineState, PartData, status_topic
 from copeau.errors import MachineUnavailable
 from copeau.mqtt import MqttLink, Will
@@ -72,7 +72,10 @@ class Collector:
         self._clock_ns = clock_ns
         self._sources: dict[str, MachineSource] = dict(sources or {})
         for m in workshop.machines:
-            self._sources.setdefault(m.id, ModbusSource(m, clock_ns=clock_ns))
+            if m.id not in self._sources:
+                if not isinstance(m, ModbusMachine):
+                    raise NotImplementedError(f"{m.id}: the {m.protocol} collector is not built yet")
+                self._sources[m.id] = ModbusSource(m, clock_ns=clock_ns)
         self.outbox = Outbox(outbox or outbox_path(workshop))
         self.stats = CollectorStats(views={m.id: MachineView() for m in workshop.machines})
         self._inflight: dict[int, int] = {}  # MQTT message id → outbox row id
@@ -99,7 +102,7 @@ class Collector:
             async with asyncio.TaskGroup() as tg:
                 n = len(self.workshop.machines)
                 pollers = [
-                    tg.create_task(self._poll(m, offset_s=i * m.poll_interval_s / n), name=f"poll:{m.id}")
+                    tg.create_task(self._poll(m, offset_s=i * m.interval_s / n), name=f"poll:{m.id}")
                     for i, m in enumerate(self.workshop.machines)
                 ]
                 publisher = tg.create_task(self._publish_loop(), name="publish")
@@ -143,13 +146,13 @@ class Collector:
         seq = record.next_seq if record else 0
         snapshot = Snapshot.from_dict(record.snapshot).after_restart() if record else None
         deriver = Deriver(
-            counter_modulus=machine.registers.parts.modulus,
+            counter_modulus=machine.counter_modulus,
             wrap_window=machine.wrap_window,
             snapshot=snapshot,
         )
         committed = deriver.snapshot
         loop = asyncio.get_running_loop()
-        interval = machine.poll_interval_s
+        interval = machine.interval_s
         next_tick = loop.time() + offset_s
         backoff = None
         while True:

@@ -175,6 +175,9 @@ class Simulation(BaseModel):
     power_off_s: float = Field(default=3.0, gt=0)  # how long the module stays off
     counter_start: int = Field(default=0, ge=0)  # start the counter here (near 2**32 to test wraps)
     parts: int = Field(default=0, ge=0)  # stop after this many parts (0 = run until stopped)
+    bad_every: int = Field(default=0, ge=0)  # every N-th part is scrap (0 = never); OPC UA reports quality
+    server_restart_after: int = Field(default=0, ge=0)  # OPC UA: restart the server once after N parts (0 = never)
+    server_down_s: float = Field(default=5.0, gt=0)  # ...for this long, while the machine keeps producing
 
 
 class MachineKind(StrEnum):
@@ -182,32 +185,127 @@ class MachineKind(StrEnum):
     MILL = "mill"
 
 
-class Machine(BaseModel):
+class _MachineBase(BaseModel):
     model_config = _FROZEN
     id: Slug
     name: str = Field(min_length=1, max_length=80)
     kind: MachineKind
+    # A decrease of the counter is a wrap when the old value was within this many counts of the maximum
+    # and the new one within this many counts of 0; otherwise it is a reset (the module lost power).
+    wrap_window: int = Field(default=10_000, ge=1)
+    simulation: Simulation | None = None
+
+    @property
+    def interval_s(self) -> float:
+        """How often the machine's values are looked at (poll or sampling interval)."""
+        raise NotImplementedError
+
+    @property
+    def counter_modulus(self) -> int:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _scenario_fits_sampling(self) -> _MachineBase:
+        sim = self.simulation
+        if sim is not None:
+            if sim.cycle_s - sim.cycle_jitter_s < 3 * self.interval_s:
+                raise ValueError("simulation.cycle_s - cycle_jitter_s doit durer au moins 3 intervalles de lecture")
+            if sim.idle_s * 0.5 < 2 * self.interval_s:
+                raise ValueError("simulation.idle_s doit durer au moins 4 intervalles de lecture")
+            if sim.counter_start >= self.counter_modulus:
+                raise ValueError("simulation.counter_start dépasse la capacité du compteur")
+        return self
+
+
+class ModbusMachine(_MachineBase):
+    """An older machine with a Modbus TCP retrofit I/O module, polled."""
+
     protocol: Literal["modbus"]
     endpoint: Endpoint
     unit_id: int = Field(default=1, ge=0, le=255)
     poll_interval_s: float = Field(default=1.0, ge=0.01, le=60)
-    # A decrease of the counter is a wrap when the old value was within this many counts of the maximum
-    # and the new one within this many counts of 0; otherwise it is a reset (the module lost power).
-    wrap_window: int = Field(default=10_000, ge=1)
     registers: ModbusRegisters
-    simulation: Simulation | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return self.poll_interval_s
+
+    @property
+    def counter_modulus(self) -> int:
+        return self.registers.parts.modulus
+
+
+class SecurityPolicy(StrEnum):
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+
+
+class SecurityMode(StrEnum):
+    NONE = "None"
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+class OpcUaSecurity(BaseModel):
+    """How to talk to an OPC UA server. `None` only when asked for: never a silent fallback."""
+
+    model_config = _FROZEN
+    policy: SecurityPolicy = SecurityPolicy.NONE
+    mode: SecurityMode = SecurityMode.NONE
+    username: str | None = None
+    password: Secret = Secret(env="COPEAU_OPCUA_PASSWORD")
+    certificate: Path | None = None  # the collector's own certificate (DER or PEM)
+    private_key: Path | None = None
+    server_certificate: Path | None = None  # pin exactly this server certificate...
+    trust_dir: Path | None = None  # ...or accept a server certificate found in this folder (trust list)
 
     @model_validator(mode="after")
-    def _scenario_fits_polling(self) -> Machine:
-        sim = self.simulation
-        if sim is not None:
-            if sim.cycle_s - sim.cycle_jitter_s < 3 * self.poll_interval_s:
-                raise ValueError("simulation.cycle_s - cycle_jitter_s doit durer au moins 3 poll_interval_s")
-            if sim.idle_s * 0.5 < 2 * self.poll_interval_s:
-                raise ValueError("simulation.idle_s doit durer au moins 4 poll_interval_s")
-            if sim.counter_start >= self.registers.parts.modulus:
-                raise ValueError("simulation.counter_start dépasse la capacité du compteur")
+    def _coherent(self) -> OpcUaSecurity:
+        if (self.policy is SecurityPolicy.NONE) != (self.mode is SecurityMode.NONE):
+            raise ValueError("policy et mode vont ensemble : tous deux None, ou tous deux chiffrés/signés")
+        if self.policy is not SecurityPolicy.NONE:
+            if self.certificate is None or self.private_key is None:
+                raise ValueError("une connexion sécurisée demande certificate et private_key (ceux du collecteur)")
+            if self.server_certificate is None and self.trust_dir is None:
+                raise ValueError("une connexion sécurisée demande server_certificate ou trust_dir")
         return self
+
+
+class OpcUaNodes(BaseModel):
+    """Explicit node ids that replace what browsing the Machine Tools model would find (vendor fallbacks),
+    e.g. a SINUMERIK's `ns=2;s=/Channel/State/actParts` for `parts`."""
+
+    model_config = _FROZEN
+    parts: str | None = None  # cumulative part counter
+    parts_good: str | None = None  # cumulative good-part counter
+    program_state: str | None = None  # ActiveProgram State/CurrentState (Running / Ended / ...)
+    operation_mode: str | None = None
+    machine_state: str | None = None  # MachineryItemState CurrentState
+
+
+class OpcUaMachine(_MachineBase):
+    """A machine whose control speaks OPC UA (OPC 40501-1 Machine Tools), followed by subscription."""
+
+    protocol: Literal["opcua"]
+    url: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
+    # The machine's BrowseName under Objects/Machines; None = the server's only machine.
+    browse_name: str | None = None
+    sampling_interval_ms: int = Field(default=100, ge=10, le=60_000)
+    security: OpcUaSecurity = OpcUaSecurity()
+    nodes: OpcUaNodes = OpcUaNodes()
+
+    @property
+    def interval_s(self) -> float:
+        return self.sampling_interval_ms / 1000
+
+    @property
+    def counter_modulus(self) -> int:
+        return 2**64  # PartsProducedInLifetime is a UInt64
+
+
+Machine = Annotated[ModbusMachine | OpcUaMachine, Field(discriminator="protocol")]
 
 
 class Site(BaseModel):
@@ -252,6 +350,8 @@ class Workshop(BaseModel):
             seen[m.id] = i
         endpoints: dict[tuple[str, int, int], str] = {}
         for m in self.machines:
+            if not isinstance(m, ModbusMachine):
+                continue
             key = (m.endpoint.host, m.endpoint.port, m.unit_id)
             if key in endpoints:
                 raise ValueError(f"{m.id} et {endpoints[key]} lisent le même module Modbus {key}")
@@ -395,6 +495,8 @@ _FRENCH = {
     "model_attributes_type": "doit être un bloc de champs (clé: valeur)",
     "list_type": "doit être une liste (lignes commençant par « - »)",
     "too_short": "liste trop courte",
+    "union_tag_not_found": "champ protocol manquant (modbus ou opcua)",
+    "union_tag_invalid": "protocol doit être modbus ou opcua",
 }
 
 
@@ -424,8 +526,11 @@ def _message(err: Any) -> str:
 def _problems(exc: ValidationError, file: str, lines: dict[_Path, int]) -> Iterator[ConfigProblem]:
     for err in exc.errors():
         loc = tuple(err["loc"])
-        # Pydantic puts the chosen union member in the path (e.g. "Register"); drop such names.
+        # Pydantic puts the chosen union member in the path (e.g. "Register", or the protocol tag of a
+        # machine: machines.0.modbus.registers); drop it, it is not a field the user wrote.
         loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+        if len(loc) > 2 and loc[0] == "machines" and loc[2] in ("modbus", "opcua"):
+            loc = loc[:2] + loc[3:]
         message = _message(err)
         # A cross-check on the whole file names its own field first ("machines[1].id: ...").
         if not loc and ": " in message:

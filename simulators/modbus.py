@@ -21,7 +21,7 @@ from typing import Any
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from copeau.config import Machine, Register, Table
+from copeau.config import Machine, ModbusMachine, Register, Table
 from copeau.errors import ServiceError
 from copeau.i18n import t
 from simulators.groundtruth import GroundTruthWriter, truth_path
@@ -43,7 +43,7 @@ class ModbusMachineSimulator:
 
     def __init__(
         self,
-        machine: Machine,
+        machine: ModbusMachine,
         *,
         truth_path: Path,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -213,6 +213,6 @@ async def run_simulators(machines: list[Machine], state_dir: Path) -> None:
     """Run one simulator per machine that has a `simulation` block, until cancelled."""
     async with asyncio.TaskGroup() as group:
         for machine in machines:
-            if machine.simulation is not None:
+            if isinstance(machine, ModbusMachine) and machine.simulation is not None:
                 simulator = ModbusMachineSimulator(machine, truth_path=truth_path(state_dir, machine.id))
                 group.create_task(simulator.run(), name=f"simulator-{machine.id}")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from copeau.config import Machine
+from copeau.config import ModbusMachine
 from copeau.services import free_port
 from simulators.groundtruth import read_truth, truth_path
 from simulators.modbus import ModbusMachineSimulator
@@ -31,9 +31,9 @@ UNIT = 7  # not the default 1, so that a simulator ignoring unit_id would be cau
 WORD_ORDER_TABLE = {"big": ("holding_register", 0), "little": ("input_register", 16)}  # as in workshop.yaml
 
 
-def machine(port: int, *, word_order: Literal["big", "little"] = "big", **simulation: Any) -> Machine:
+def machine(port: int, *, word_order: Literal["big", "little"] = "big", **simulation: Any) -> ModbusMachine:
     table, address = WORD_ORDER_TABLE[word_order]
-    return Machine.model_validate({
+    return ModbusMachine.model_validate({
         "id": "fraiseuse-t",
         "name": "Fraiseuse de test",
         "kind": "mill",
@@ -96,7 +96,7 @@ class Reading:
     counter: int
 
 
-async def read(client: AsyncModbusTcpClient, m: Machine) -> Reading:
+async def read(client: AsyncModbusTcpClient, m: ModbusMachine) -> Reading:
     reg = m.registers.parts
     read_counter = client.read_holding_registers if reg.table == "holding_register" else client.read_input_registers
     t0 = time.time_ns()
