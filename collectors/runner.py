@@ -6,7 +6,7 @@ machine's resume point to the outbox. One publisher task hands outbox rows to MQ
 them when the broker acknowledges them. A broker outage therefore only makes the outbox grow.
 
 A machine that cannot be read is published once as `offline` (never as stale values), logged once on loss
-and once on recovery, and retried with a short full-jitter backoff capped at 2 s.
+and once on recovery, and retried with a full-jitter backoff capped at `collector.reconnect_max_s` (2 s by default).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from copeau.errors import MachineUnavailable
 from copeau.mqtt import MqttLink, Will
 
 log = logging.getLogger(__name__)
-
-RECONNECT_CAP_S = 2.0
 
 
 @dataclass
@@ -165,7 +163,7 @@ class Collector:
             except MachineUnavailable as exc:
                 if backoff is None:
                     log.warning("%s: cannot be read (%s); retrying", machine.id, exc)
-                    backoff = full_jitter(base_s=interval, cap_s=RECONNECT_CAP_S)
+                    backoff = full_jitter(base_s=interval, cap_s=self.workshop.collector.reconnect_max_s)
                 sample = Sample(ts=self._clock_ns(), available=False)
             sample = self._monotonic(sample, deriver.snapshot.last_ts, machine.id)
             events = deriver.feed(sample)

@@ -173,6 +173,7 @@ class Simulation(BaseModel):
     alarm_s: float = Field(default=3.0, gt=0)  # how long an alarm lasts before it is cleared
     power_cycle_after: int = Field(default=0, ge=0)  # the module is power-cycled after N parts (0 = never)
     power_off_s: float = Field(default=3.0, gt=0)  # how long the module stays off
+    power_on_idle_s: float = Field(default=3.0, gt=0)  # after power returns, idle this long before the next cycle
     counter_start: int = Field(default=0, ge=0)  # start the counter here (near 2**32 to test wraps)
     parts: int = Field(default=0, ge=0)  # stop after this many parts (0 = run until stopped)
     bad_every: int = Field(default=0, ge=0)  # every N-th part is scrap (0 = never); OPC UA reports quality
@@ -319,6 +320,9 @@ class CollectorSettings(BaseModel):
     id: Slug = "collector-1"
     # Events handed to the broker but not yet acknowledged, at most (the rest wait in the outbox).
     max_inflight: int = Field(default=200, ge=1, le=65535)
+    # Longest wait between two attempts to read a machine that does not answer (full-jitter backoff).
+    # Short enough to see the first cycle after a machine comes back; long enough not to hammer a dead network.
+    reconnect_max_s: float = Field(default=2.0, ge=0.01, le=300)
 
 
 class GatewaySettings(BaseModel):

@@ -26,6 +26,8 @@ SCHEMA_VERSION: Literal[1] = 1
 # Subscription that matches every event topic and nothing else (status topics have one level more).
 EVENT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+"
 
+INT64_MAX = 2**63 - 1  # InfluxDB integers are signed 64-bit; a larger value would be refused with a 400
+
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _SLUG = re.compile(SLUG_PATTERN)
 
@@ -70,8 +72,8 @@ class CycleData(BaseModel):
     model_config = _FROZEN
     phase: CyclePhase
     # Only on phase=end: when the cycle started (ns), how long it ran, and how it ended.
-    started_ts: int | None = None
-    duration_s: float | None = Field(default=None, ge=0)
+    started_ts: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    duration_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     outcome: CycleOutcome | None = None
 
     @model_validator(mode="after")
@@ -84,7 +86,7 @@ class CycleData(BaseModel):
 class PartData(BaseModel):
     model_config = _FROZEN
     count: int = Field(ge=1, le=1_000_000)  # parts counted by this event (counter delta)
-    counter: int | None = Field(default=None, ge=0)  # raw counter value read at the source, if any
+    counter: int | None = Field(default=None, ge=0, le=INT64_MAX)  # raw counter value read at the source, if any
     reset: bool = False  # the hardware counter went back to 0 (power cycle) before this reading
     wrapped: bool = False  # the counter wrapped past its maximum before this reading
     rebuilt: bool = False  # parts made while the collector was disconnected, rebuilt from the counter
@@ -118,7 +120,7 @@ class Event(BaseModel):
     site: Slug
     machine: Slug
     kind: EventKind
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=INT64_MAX)
     ts: int = Field(ge=_MIN_TS, le=_MAX_TS)
     data: StateData | CycleData | PartData | AlarmData
 
@@ -131,8 +133,23 @@ class Event(BaseModel):
                 model = _DATA_MODEL[EventKind(str(raw.get("kind")))]
             except ValueError:
                 return raw
-            return {**raw, "data": model.model_validate(raw["data"])}
+            try:
+                return {**raw, "data": model.model_validate(raw["data"])}
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in ("data", *first["loc"]))
+                raise ValueError(f"{where}: {first['msg']}") from None
         return raw
+
+    @model_validator(mode="after")
+    def _data_is_of_kind(self) -> Event:
+        # Also for events built in Python with a data object (the before-validator sees only dicts).
+        if not isinstance(self.data, _DATA_MODEL[self.kind]):
+            # ValueError, not TypeError: pydantic turns only ValueError into a ValidationError.
+            raise ValueError(  # noqa: TRY004
+                f"data: a {self.kind.value} event carries {_DATA_MODEL[self.kind].__name__}"
+            )
+        return self
 
     @property
     def topic(self) -> str:
@@ -173,8 +190,11 @@ def decode_event(topic: str, payload: bytes) -> Event:
         event = Event.model_validate_json(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise ContractError(f"{where}: {first['msg']}", topic=topic) from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first["loc"])
+        if not where and message.startswith("data"):  # our own check already names the field
+            raise ContractError(message, topic=topic) from exc
+        raise ContractError(f"{where or 'payload'}: {message}", topic=topic) from exc
     _, _, site, machine, kind = parts
     if (site, machine, kind) != (event.site, event.machine, event.kind.value):
         raise ContractError(

@@ -89,6 +89,7 @@ class MqttLink:
     # -- lifecycle
 
     def start(self) -> None:
+        self._stopping = False
         props = Properties(PacketTypes.CONNECT)
         if self._session_expiry_s:
             props.SessionExpiryInterval = self._session_expiry_s
@@ -127,7 +128,10 @@ class MqttLink:
 
     def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("MQTT %s:%s refused %s: %s", self.settings.host, self.settings.port, self.client_id, reason)
+            if not self._lost_logged:  # e.g. bad credentials: say it once, not at every attempt
+                log.warning("MQTT %s:%s refused %s: %s", self.settings.host, self.settings.port, self.client_id,
+                            reason)
+                self._lost_logged = True
             self._next_delay()
             return
         session_present = bool(getattr(_flags, "session_present", False))

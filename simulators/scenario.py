@@ -4,11 +4,12 @@ The simulator plays the steps in order; the same `Simulation` block always gives
 
 Shape of a plan::
 
-    idle, cycle, idle, cycle, idle, [alarm, idle], [power_off, idle], cycle, idle, ...
+    idle, cycle, idle, cycle, idle, [alarm, idle], [power_off, restart idle], cycle, idle, ...
 
 - Every cycle completes and makes exactly one part; an idle step follows each cycle.
 - After every `alarm_every`-th part and its idle step: an alarm, then idle again.
-- Once, after part `power_cycle_after` and its idle step: the module loses power, then idle again. The cut
+- Once, after part `power_cycle_after` and its idle step: the module loses power, then idle for
+  `power_on_idle_s` (restart and homing) before the next cycle. The cut
   comes after at least 0.5 * idle_s of idle, so a poller has read the counter since the last part: parts made
   in the last poll interval before a module loses power cannot be known by anyone reading that counter, and
   the scenario does not pretend otherwise.
@@ -61,4 +62,5 @@ def plan(sim: Simulation) -> Iterator[Step]:
             yield idle()
         if sim.power_cycle_after and made == sim.power_cycle_after:
             yield Step("power_off", sim.power_off_s)
-            yield idle()
+            # Switched back on, a machine is restarted and homed before its next cycle.
+            yield Step("idle", sim.power_on_idle_s)

@@ -86,6 +86,8 @@ def test_plan_shape(sim: Simulation) -> None:
             case "cycle":
                 low = max(0.0, sim.cycle_s - sim.cycle_jitter_s)
                 assert low <= step.duration_s <= sim.cycle_s + sim.cycle_jitter_s
+            case "idle" if i > 0 and steps[i - 1].kind == "power_off":
+                assert step.duration_s == sim.power_on_idle_s  # restart and homing after a power cut
             case "idle":
                 assert 0.5 * sim.idle_s <= step.duration_s <= 1.5 * sim.idle_s
             case "alarm":

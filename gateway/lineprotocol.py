@@ -1,0 +1,161 @@
+"""InfluxDB line protocol for Copeau events. Pure: no I/O, no clock; the same event always gives the same bytes.
+
+Theory of operation: one event is one point. The measurement is the event kind, the tags say *where* (site,
+machine, cycle phase/outcome, later the job context), the fields say *what*, and the timestamp is the event's own
+`ts` in nanoseconds, fixed at the source. Because the encoding is deterministic, a redelivered event is
+re-written byte for byte and InfluxDB keeps one point (same measurement, tag set and timestamp).
+
+The encoding is the subset that InfluxDB 1.x, 2.x and 3.x all read: integers as `5i` (1.6 rejects `5u`),
+tags sorted by key (the order InfluxDB prefers), fields sorted by key (so the bytes are canonical).
+Text that line protocol cannot carry faithfully on every version is refused with `LineProtocolError`
+(a backslash, a newline or a carriage return in a measurement, a tag key or value, or a field key; a
+non-finite float; an integer outside int64): the gateway dead-letters such events rather than store
+something else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from copeau.contract import (
+    AlarmData,
+    CycleData,
+    CyclePhase,
+    Event,
+    EventKind,
+    PartData,
+    StateData,
+)
+
+FieldValue = bool | int | float | str
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+# A backslash cannot be written safely in a name or a tag value on InfluxDB 1.x: `\\` is not an escape there,
+# so a value ending in a backslash would escape the separator that follows it. Newlines end the line.
+_UNSAFE_IN_NAMES = ("\\", "\n", "\r")
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})  # tag keys, tag values, field keys
+# In string fields only `\\` and `\"` are escapes. A newline is written as the two characters `\n` (stored as
+# such): 1.6 would accept a raw newline inside quotes, but other versions and tools split lines on it.
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+# Tag keys an event already uses, and field keys (InfluxDB 3 refuses a tag and a field with the same name).
+_EVENT_TAG_KEYS = frozenset({"machine", "site", "phase", "outcome"})
+_EVENT_FIELD_KEYS = frozenset(
+    {"seq", "state", "previous", "duration_s", "started_ts", "count", "counter", "reset", "wrapped", "rebuilt",
+     "active", "code", "text"}
+)
+_DATA_TYPE = {
+    EventKind.STATE: StateData,
+    EventKind.CYCLE: CycleData,
+    EventKind.PART: PartData,
+    EventKind.ALARM: AlarmData,
+}
+
+
+class LineProtocolError(ValueError):
+    """An event or value that line protocol cannot carry faithfully. The event is dead-lettered, not stored."""
+
+
+def event_line(event: Event, *, context_tags: Mapping[str, str] | None = None) -> str:
+    """Encode one event as one line of line protocol (timestamp in ns; write it with `precision=ns`).
+
+    `context_tags` (reserved for the job context: order, operation, apprentice) are added to the event's own
+    tags; a context tag with an empty value is left out (no context), one that reuses an event tag or field
+    name is refused. Raises LineProtocolError for an event that cannot be stored as it is.
+    """
+    data = event.data
+    expected = _DATA_TYPE[event.kind]
+    if not isinstance(data, expected):
+        # The contract checks this when it parses JSON, but not for an Event built in Python.
+        raise LineProtocolError(f"a {event.kind.value} event carries {type(data).__name__}, not {expected.__name__}")
+
+    tags: dict[str, str] = {"machine": event.machine, "site": event.site}
+    fields: dict[str, FieldValue] = {"seq": event.seq}
+    if isinstance(data, StateData):
+        fields["state"] = data.state.value
+        if data.previous is not None:
+            fields["previous"] = data.previous.value
+    elif isinstance(data, CycleData):
+        tags["phase"] = data.phase.value
+        if data.phase is CyclePhase.END:
+            if data.outcome is not None:
+                tags["outcome"] = data.outcome.value
+            if data.duration_s is not None:
+                fields["duration_s"] = float(data.duration_s)
+            if data.started_ts is not None:
+                fields["started_ts"] = data.started_ts
+    elif isinstance(data, PartData):
+        fields["count"] = data.count
+        if data.counter is not None:
+            fields["counter"] = data.counter
+        fields["reset"] = data.reset
+        fields["wrapped"] = data.wrapped
+        fields["rebuilt"] = data.rebuilt
+    else:
+        fields["active"] = data.active
+        if data.code is not None:
+            fields["code"] = data.code
+        if data.text is not None:
+            fields["text"] = data.text
+
+    for key, value in (context_tags or {}).items():
+        if key in _EVENT_TAG_KEYS or key in _EVENT_FIELD_KEYS or key == "time":
+            raise LineProtocolError(f"context tag {key!r} would clash with a name the event already uses")
+        if value:
+            tags[key] = value
+    return encode_line(event.kind.value, tags, fields, event.ts)
+
+
+def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts_ns: int) -> str:
+    """Encode one point: `measurement,tag=v,... field=v,... ts`. Tags and fields are written sorted by key.
+
+    Raises LineProtocolError for an empty name or tag value, a name with a backslash or a line break, a
+    non-finite float, an integer outside int64, or no fields at all.
+    """
+    if measurement.startswith("#"):
+        raise LineProtocolError(f"measurement {measurement!r} would read as a comment")
+    if not fields:
+        raise LineProtocolError(f"a point of {measurement!r} needs at least one field")
+    out = [_name(measurement, _MEASUREMENT_ESCAPES, "measurement")]
+    for key in sorted(tags):
+        out.append(f",{_name(key, _KEY_ESCAPES, 'tag key')}={_name(tags[key], _KEY_ESCAPES, f'tag {key!r}')}")
+    out.append(" ")
+    out.append(",".join(f"{_name(key, _KEY_ESCAPES, 'field key')}={_field_value(key, fields[key])}"
+                        for key in sorted(fields)))
+    out.append(f" {_int64(ts_ns, 'timestamp')}")
+    return "".join(out)
+
+
+def _name(text: str, escapes: dict[int, str], what: str) -> str:
+    if not text:
+        raise LineProtocolError(f"{what} is empty")
+    for unsafe in _UNSAFE_IN_NAMES:
+        if unsafe in text:
+            raise LineProtocolError(f"{what} {text!r} contains {unsafe!r}, which line protocol cannot carry")
+    return text.translate(escapes)
+
+
+def _field_value(key: str, value: FieldValue) -> str:
+    # bool before int: bool is a subclass of int in Python.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{_int64(value, f'field {key!r}')}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise LineProtocolError(f"field {key!r} is {value!r}; InfluxDB stores finite numbers only")
+        return repr(value)  # shortest text that reads back as the same float (e.g. 0.5, 1e-05, 1e+16)
+    if isinstance(value, str):
+        return f'"{value.translate(_STRING_ESCAPES)}"'
+    raise LineProtocolError(f"field {key!r} has unsupported type {type(value).__name__}")
+
+
+def _int64(value: int, what: str) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise LineProtocolError(f"{what} {value} does not fit in a signed 64-bit integer")
+    return value

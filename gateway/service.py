@@ -1,0 +1,275 @@
+"""The gateway loop: MQTT (durable subscriber) → contract validation → InfluxDB, acknowledging only what is safe.
+
+Theory of operation:
+
+- The MQTT session is persistent (clean_start=False, a session expiry > 0) and acknowledgements are manual.
+  The broker keeps every message it delivered until we acknowledge it, and re-delivers it after a crash or a
+  lost connection. So a message is acknowledged only once it is **stored** in InfluxDB or **dead-lettered**
+  (written and fsynced to the dead-letter file). Duplicates are harmless: a re-delivered event is the same
+  point and InfluxDB keeps it once.
+- paho's network thread only puts each message on a queue. One writer thread takes the first message
+  (waiting), then whatever else is already queued (not waiting), up to `max_batch_lines`: a lone message is
+  written at once, and batches grow only under load. The broker sends at most `receive_maximum` unacknowledged
+  messages, which bounds the queue.
+- Each message of a batch is decoded against the contract and encoded as one line; a message that does not
+  follow the contract, or that line protocol cannot carry, is dead-lettered. The lines are written with the
+  InfluxWriter policy (retry forever, split on 413, bisect on 400); the lines InfluxDB rejects are dead-lettered.
+  Then every message of the batch is acknowledged, in the order received (as MQTT asks).
+- Acknowledgements are tied to the connection that delivered the message (its *epoch*). A message from a
+  connection that has since been lost is not acknowledged: the broker re-delivers it on the new connection
+  (same packet id), and that copy is the one acknowledged. Acknowledging the old copy too could acknowledge
+  a *different* message to which the broker has already given the freed packet id, before it is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from copeau.backoff import full_jitter
+from copeau.config import Workshop
+from copeau.contract import EVENT_SUBSCRIPTION, ContractError, decode_event
+from copeau.mqtt import MqttLink
+from gateway.deadletter import DeadLetters
+from gateway.influx import InfluxWriter, StoreStopped
+from gateway.lineprotocol import LineProtocolError, event_line
+
+log = logging.getLogger(__name__)
+
+_TAKE_TIMEOUT_S = 0.2  # how long the writer waits for a first message before it looks at the stop flag again
+_MAX_SESSION_EXPIRY_S = 0xFFFFFFFF  # MQTT 5: four bytes; this value means "never expires"
+
+
+@dataclass(frozen=True)
+class GatewayStats:
+    """A snapshot of the gateway's counters since it was created. Re-deliveries count again."""
+
+    received: int = 0  # messages handed over by the broker
+    stored_points: int = 0  # lines InfluxDB accepted
+    dead_letters: int = 0  # messages written to the dead-letter file
+    write_retries: int = 0  # InfluxDB requests made again after a failure
+    batches: int = 0  # batches finished (written and acknowledged)
+    last_batch_size: int = 0  # messages in the last finished batch
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    topic: str | None  # None when the topic is not valid UTF-8
+    raw_topic: bytes
+    payload: bytes
+    mid: int
+    qos: int
+    epoch: int  # the connection that delivered it
+
+
+class Gateway:
+    """MQTT → InfluxDB gateway for one workshop. `start()`, then `stop()`; `stats` may be read at any time."""
+
+    def __init__(
+        self,
+        workshop: Workshop,
+        *,
+        deadletter_path: Path | None = None,
+        retry_cap_s: float = 10.0,
+    ) -> None:
+        """`retry_cap_s` caps the wait between retries when InfluxDB fails (and so the delay to notice that it
+        is back): small enough to catch up soon after an outage, large enough not to hammer a sick server."""
+        settings = workshop.gateway
+        self.workshop = workshop
+        self._max_batch = settings.max_batch_lines
+        self._retry_cap_s = retry_cap_s
+        self._stopping = threading.Event()
+        self._inbox: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
+        self.writer = InfluxWriter(workshop.influxdb, stop=self._stopping, retry_cap_s=retry_cap_s)
+        self.dead_letters = DeadLetters(deadletter_path or workshop.state_dir / "deadletter" / "gateway.jsonl")
+
+        # Counters: `_received` is written by the network thread only, the others by the writer thread only.
+        self._received = 0
+        self._stored = 0
+        self._batches = 0
+        self._last_batch_size = 0
+
+        self._ack_lock = threading.Lock()  # makes "same connection? then acknowledge" one step
+        self._epoch = 0
+        self._acks_closed = False
+        self._subscribed = threading.Event()
+
+        self.link = MqttLink(
+            workshop.mqtt,
+            client_id=settings.client_id,
+            clean_start=False,
+            session_expiry_s=min(settings.session_expiry_h * 3600, _MAX_SESSION_EXPIRY_S),
+            manual_ack=True,
+            # Room for the batch being written plus the next one, so the broker never waits on us when idle.
+            receive_maximum=min(65535, 2 * settings.max_batch_lines),
+            on_connected=self._on_connected,
+            on_message=self._on_message,
+        )
+        # MqttLink does not use these two paho hooks; the gateway needs them for epochs and readiness.
+        self.link.client.on_pre_connect = self._on_pre_connect
+        self.link.client.on_subscribe = self._on_subscribe
+        self._thread = threading.Thread(target=self._run, name=f"gateway-writer-{settings.client_id}", daemon=True)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Create the database if need be, start the writer thread, and connect to the broker."""
+        self.writer.ensure_database(self.workshop.influxdb.database)
+        self._thread.start()
+        self.link.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged our subscription on the current connection."""
+        return self._subscribed.wait(timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop taking messages, let the batch in hand finish (or abort it unacknowledged if InfluxDB is failing),
+        then disconnect. Whatever was not acknowledged is re-delivered by the broker at the next start."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if not finished:
+            log.warning("gateway writer still busy after %.0f s; stopping without acknowledging its batch", timeout)
+        with self._ack_lock:
+            self._acks_closed = True  # a writer that is still busy must not acknowledge after this point
+        self.link.stop()  # the acknowledgements already handed to paho go out before the DISCONNECT
+        if finished:  # otherwise the busy thread still uses them
+            self.writer.close()
+            self.dead_letters.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive (False before start, after stop, or if it died of a bug)."""
+        return self._thread.is_alive()
+
+    @property
+    def stats(self) -> GatewayStats:
+        """A snapshot of the counters. Each one is exact; they are read one after the other, not atomically."""
+        return GatewayStats(
+            received=self._received,
+            stored_points=self._stored,
+            dead_letters=self.dead_letters.count,
+            write_retries=self.writer.retries,
+            batches=self._batches,
+            last_batch_size=self._last_batch_size,
+        )
+
+    # -- paho callbacks (network thread): no I/O, no waiting
+
+    def _on_pre_connect(self, _client: Any, _userdata: Any) -> None:
+        # Called by paho before each new connection, after it dropped the packets queued for the old one.
+        with self._ack_lock:
+            self._epoch += 1
+        self._subscribed.clear()
+
+    def _on_connected(self, session_present: bool) -> None:
+        # Subscribe on every connection: the session may have expired, or the broker may have lost it.
+        result, _mid = self.link.client.subscribe(EVENT_SUBSCRIPTION, qos=1)
+        if result != paho.MQTT_ERR_SUCCESS:
+            log.warning("MQTT %s: could not send SUBSCRIBE (%s)", self.link.client_id, paho.error_string(result))
+        elif not session_present:
+            log.info("MQTT %s: new session (nothing kept by the broker from before)", self.link.client_id)
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT %s: broker refused the subscription to %s (%s); check the broker's ACL",
+                      self.link.client_id, EVENT_SUBSCRIPTION, refused[0])
+            return
+        self._subscribed.set()
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        # Not `msg.topic`: it raises on a topic that is not UTF-8, and an exception here would end paho's
+        # network thread. Such a message is dead-lettered like any other malformed one.
+        raw_topic = bytes(msg._topic)
+        try:
+            topic: str | None = raw_topic.decode("utf-8")
+        except UnicodeDecodeError:
+            topic = None
+        self._received += 1
+        self._inbox.put(_Delivery(topic, raw_topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch))
+
+    # -- writer thread
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._inbox.get(timeout=_TAKE_TIMEOUT_S)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(batch)
+            except StoreStopped as exc:
+                log.info("gateway stopped during a batch of %d messages (%s); left unacknowledged, the broker "
+                         "re-delivers them", len(batch), exc)
+                return
+
+    def _process(self, batch: list[_Delivery]) -> None:
+        lines: list[str] = []
+        owners: list[_Delivery] = []  # owners[i] is the message of lines[i]
+        for delivery in batch:
+            try:
+                line = _encode(delivery)
+            except ContractError as exc:
+                self._dead_letter(delivery, exc.reason)
+            except LineProtocolError as exc:
+                self._dead_letter(delivery, f"cannot be stored as a point: {exc}")
+            else:
+                lines.append(line)
+                owners.append(delivery)
+        if lines:
+            result = self.writer.write(lines)
+            for rejected in result.rejected:
+                self._dead_letter(owners[rejected.index], f"InfluxDB rejected the point: {rejected.error}")
+            self._stored += result.stored
+        self._acknowledge(batch)
+        self._batches += 1
+        self._last_batch_size = len(batch)
+
+    def _dead_letter(self, delivery: _Delivery, reason: str) -> None:
+        """Write the dead letter, retrying while the disk refuses: the message is acknowledged only after."""
+        topic = delivery.topic or delivery.raw_topic.decode("utf-8", "surrogateescape")
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                self.dead_letters.add(topic=topic, payload=delivery.payload, reason=reason)
+            except OSError as exc:
+                if delays is None:
+                    log.exception("cannot write the dead-letter file %s; retrying", self.dead_letters.path)
+                    delays = full_jitter(cap_s=self._retry_cap_s)
+                if self._stopping.wait(next(delays)):
+                    raise StoreStopped("stopped while the dead-letter file could not be written") from exc
+            else:
+                if delays is not None:
+                    log.info("dead-letter file %s writable again", self.dead_letters.path)
+                return
+
+    def _acknowledge(self, batch: list[_Delivery]) -> None:
+        with self._ack_lock:
+            if self._acks_closed:
+                return
+            for delivery in batch:
+                # QoS 0 needs no acknowledgement (paho ignores it); an older connection's copy is re-delivered.
+                if delivery.epoch == self._epoch:
+                    self.link.client.ack(delivery.mid, delivery.qos)
+
+
+def _encode(delivery: _Delivery) -> str:
+    """The message as one line of line protocol. Raises ContractError or LineProtocolError."""
+    if delivery.topic is None:
+        raise ContractError("topic is not valid UTF-8")
+    return event_line(decode_event(delivery.topic, delivery.payload))
