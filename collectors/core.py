@@ -173,6 +173,7 @@ class Deriver:
         self._modulus = counter_modulus
         self._wrap_window = wrap_window
         self._s = snapshot or Snapshot()
+        self.rebased = 0  # counter jumps taken as a new baseline (see counters.py)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -221,6 +222,8 @@ class Deriver:
                 wrap_window=self._wrap_window,
                 outage=s.outage,
             )
+            if step.rebased:
+                self.rebased += 1  # the collector logs it: a person should know the counter jumped
             if step.parts > 0:
                 out.append(
                     Derived(

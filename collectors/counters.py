@@ -13,6 +13,10 @@ outage, a decrease near the top of the range is a wrap and any other decrease a 
 only when the old value was within `wrap_window` counts of the maximum and the new one within `wrap_window`
 of 0 (no machine makes 10,000 parts between two polls).
 
+A jump *up* of more than `wrap_window` is not parts either: no machine makes that many between two readings.
+It is a module that was replaced or preset; the new value becomes the baseline (`rebased`) and no part is
+counted, rather than billions.
+
 Known limit: a counter that wraps *while the module is unreachable* is taken for a reset, and the parts
 between the last reading and the top of the range are missed. Counters start at 0 and a school's machine
 needs years to reach 2**32 parts, so this needs a wrap and an outage at the same moment.
@@ -35,6 +39,7 @@ class CounterStep:
     parts: int
     reset: bool = False
     wrapped: bool = False
+    rebased: bool = False  # an implausible jump: taken as a new baseline, no part counted
 
 
 def counter_step(
@@ -51,6 +56,8 @@ def counter_step(
     if previous is None:
         return CounterStep(parts=0)
     if current >= previous:
+        if current - previous > wrap_window:
+            return CounterStep(parts=0, rebased=True)
         return CounterStep(parts=current - previous)
     if not outage and previous >= modulus - wrap_window and current < wrap_window:
         return CounterStep(parts=current + modulus - previous, wrapped=True)

@@ -79,6 +79,12 @@ class Outbox:
                 (machine_id, next_seq, json.dumps(snapshot)),
             )
 
+    def forget_resume_point(self, machine_id: str) -> None:
+        """Start the machine from a fresh baseline (its sequence numbers go on). For a simulated machine that
+        restarts its scenario, or a machine whose module was replaced. Queued events are kept."""
+        with self._transaction():
+            self._db.execute("UPDATE machine SET snapshot = '{}' WHERE machine = ?", (machine_id,))
+
     def pending(self, *, after_id: int, limit: int) -> list[Pending]:
         rows = self._db.execute(
             "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)

@@ -166,7 +166,11 @@ class Collector:
                     backoff = full_jitter(base_s=interval, cap_s=self.workshop.collector.reconnect_max_s)
                 sample = Sample(ts=self._clock_ns(), available=False)
             sample = self._monotonic(sample, deriver.snapshot.last_ts, machine.id)
+            rebased = deriver.rebased
             events = deriver.feed(sample)
+            if deriver.rebased != rebased:
+                log.warning("%s: the part counter jumped to %s; taken as a new baseline (module replaced or preset?)",
+                            machine.id, sample.counter)
             view.polls += 1
             view.last_sample_ts = sample.ts
             if events or _resume_point_moved(committed, deriver.snapshot):

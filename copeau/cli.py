@@ -39,12 +39,15 @@ def _load(path: Path) -> Workshop:
         raise typer.Exit(2) from exc
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool, *, quiet_level: int = logging.WARNING) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.INFO if verbose else quiet_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # pymodbus logs every failed connection attempt; the collector already logs once on loss and recovery.
+        logging.getLogger("pymodbus").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -98,7 +101,8 @@ def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Atelier simulé complet : services, simulateurs, collecteur, passerelle, résumé en direct."""
-    _logging(verbose)
+    # The live table says what matters (a machine offline shows as « hors ligne »); -v adds the log.
+    _logging(verbose, quiet_level=logging.ERROR)
     workshop = _load(config)
     if seconds is None and os.environ.get("DEMO_SECONDS"):
         seconds = float(os.environ["DEMO_SECONDS"])

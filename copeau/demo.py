@@ -15,12 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from gateway.service import Gateway
-
 from collectors.runner import Collector
 from copeau.config import Workshop
 from copeau.i18n import t
 from copeau.influxql import InfluxQuery
+from gateway.service import Gateway
 from simulators.groundtruth import read_truth, truth_path
 from simulators.modbus import ModbusMachineSimulator
 
@@ -28,7 +27,9 @@ SUMMARY_EVERY_S = 5.0
 
 
 def _rfc3339(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Exact to the nanosecond: a run that starts right after another must not count the other's last part."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 def summary_queries(site: str, since_ns: int) -> dict[str, str]:
@@ -57,9 +58,7 @@ class Demo:
         self.machines = [m for m in workshop.machines if m.simulation is not None]
         self.influx = InfluxQuery(workshop.influxdb)
         self.started_ns = time.time_ns()
-        # Shortened so that the first part is rounded down to the second the query shows.
-        self.since_ns = self.started_ns - self.started_ns % 1_000_000_000
-        self.queries = summary_queries(workshop.site.id, self.since_ns)
+        self.queries = summary_queries(workshop.site.id, self.started_ns)
 
     def stored_parts(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.influx.by_tag(self.queries["parts"], "machine").items()}
@@ -105,6 +104,7 @@ async def run_demo(
     print(t("demo.query_hint", url=workshop.influxdb.url, db=workshop.influxdb.database))
     for q in demo.queries.values():
         print(f"  {q}")
+    print(t("demo.curl_hint", url=workshop.influxdb.url, db=workshop.influxdb.database))
     print(flush=True)
 
     # Each demo run starts a fresh ground truth: the simulated machines start again from their scenario.
@@ -117,6 +117,8 @@ async def run_demo(
     gateway.start()
     sims = [ModbusMachineSimulator(m, truth_path=truth_path(workshop.state_dir, m.id)) for m in demo.machines]
     collector = Collector(workshop)
+    for m in demo.machines:  # they start their scenario again: last run's counters no longer apply
+        collector.outbox.forget_resume_point(m.id)
     collector_stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:

@@ -62,6 +62,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "Les mêmes chiffres dans InfluxDB ({url}, base « {db} ») :",
         "en": "The same numbers in InfluxDB ({url}, database “{db}”):",
     },
+    "demo.curl_hint": {
+        "fr": "  (par exemple : curl -sG {url}/query --data-urlencode db={db} --data-urlencode 'q=SELECT …')",
+        "en": "  (for example: curl -sG {url}/query --data-urlencode db={db} --data-urlencode 'q=SELECT …')",
+    },
     "demo.stopping": {"fr": "Arrêt en cours…", "en": "Stopping…"},
     "demo.check_ok": {
         "fr": "{machine} : {stored} pièces dans InfluxDB, {truth} dans la vérité terrain ({file}) — identique ✔",

@@ -37,6 +37,12 @@ def test_decrease_after_an_outage_is_a_reset_even_near_the_top() -> None:
     assert (step.parts, step.reset) == (0, True)
 
 
+def test_an_implausible_jump_is_a_new_baseline_not_billions_of_parts() -> None:
+    # A module replaced or preset (or a simulator restarted): 4 billion parts between two readings is not real.
+    step = counter_step(2, U32 - 5, modulus=U32, wrap_window=WINDOW, outage=True)
+    assert (step.parts, step.rebased) == (0, True)
+
+
 def test_uint16_wraps_too() -> None:
     assert counter_step(65_530, 4, modulus=2**16, wrap_window=100).parts == 10
 
