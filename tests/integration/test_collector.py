@@ -4,7 +4,9 @@ outbox, and survive a collector restart without a gap or a duplicate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from collectors.core import Sample
 from collectors.outbox import Outbox
 from collectors.runner import Collector
 from collectors.source import FunctionSource
-from copeau.contract import EVENT_SUBSCRIPTION, decode_event
+from copeau.contract import EVENT_SUBSCRIPTION, decode_event, status_topic
 from copeau.errors import MachineUnavailable
 from copeau.services import ManagedProcess, free_port
 from tests.conftest import make_workshop, modbus_machine, wait_until
@@ -88,6 +90,40 @@ async def _run_until(collector: Collector, condition: Callable[[], bool], what: 
     finally:
         stop.set()
         await task
+
+
+def test_status_topic_is_retained_online_then_offline(tmp_path: Path, broker: ManagedProcess) -> None:
+    workshop = make_workshop(tmp_path, mqtt_port=broker.port, machines=[modbus_machine("m1", 1, poll=0.01)])
+    mill = FakeMill()
+    collector = Collector(workshop, sources={"m1": FunctionSource("m1", mill.read)}, outbox=tmp_path / "o.sqlite")
+    topic = status_topic("test-site", "collector-1")
+
+    def retained_status() -> str | None:
+        """What a newcomer subscribing now is told (the retained message), or None."""
+        got: list[bytes] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        client.on_message = lambda _c, _u, msg: got.append(msg.payload)
+        client.connect("127.0.0.1", broker.port)
+        client.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:
+            client.loop(0.05)
+        client.disconnect()
+        return json.loads(got[0])["status"] if got else None
+
+    async def run() -> str | None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run(stop))
+        async with asyncio.timeout(10):
+            while not collector.link.connected.is_set() or collector.stats.views["m1"].polls < 3:
+                await asyncio.sleep(0.02)
+        online = await asyncio.to_thread(retained_status)
+        stop.set()
+        await task
+        return online
+
+    assert asyncio.run(run()) == "online"
+    assert retained_status() == "offline"
 
 
 def test_broker_outage_and_collector_restart_lose_nothing(
