@@ -8,6 +8,11 @@ Topics (MQTT, QoS 1)::
     copeau/v1/<site>/<machine>/<kind>                      one event, JSON (Event below)
     copeau/v1/<site>/collectors/<collector>/status         retained "online"/"offline" (last will)
 
+Control topics (not events; the gateway does not store them)::
+
+    copeau/v1/<site>/<machine>/context   retained: the job running on the machine now (JobContext below)
+    copeau/v1/<site>/<machine>/badge     a badge scanned by a hardware reader at the machine (BadgeScan)
+
 Every event carries its time (`ts`, integer nanoseconds since the Unix epoch, UTC) and a per-machine
 sequence number (`seq`), both fixed at the source. A redelivered event is byte-identical, so the gateway
 writes the same InfluxDB point again and the store keeps it once.
@@ -28,8 +33,17 @@ EVENT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+"
 
 INT64_MAX = 2**63 - 1  # InfluxDB integers are signed 64-bit; a larger value would be refused with a 400
 
+# Any timestamp before 2000-01-01 or after 2200-01-01 is a bug at the source, not a time.
+_MIN_TS = 946_684_800 * 10**9
+_MAX_TS = 7_258_118_400 * 10**9
+
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _SLUG = re.compile(SLUG_PATTERN)
+
+
+class ControlKind(StrEnum):
+    CONTEXT = "context"
+    BADGE = "badge"
 
 
 class EventKind(StrEnum):
@@ -99,6 +113,43 @@ class AlarmData(BaseModel):
     text: str | None = Field(default=None, max_length=256)
 
 
+# A pseudonymous apprentice code: upper-case letters, digits and dashes, never a name (apprentices are minors).
+APPRENTICE_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9-]{1,15}$"
+
+
+class EventContext(BaseModel):
+    """The job an event belongs to, stamped by the collector at the source from the machine's JobContext."""
+
+    model_config = _FROZEN
+    order: str | None = Field(default=None, min_length=1, max_length=64)  # customer order reference
+    operation: int | None = Field(default=None, ge=0, le=10_000)  # operation sequence within the order
+    apprentice: str | None = Field(default=None, pattern=APPRENTICE_CODE_PATTERN)
+
+
+class JobContext(BaseModel):
+    """Retained on copeau/v1/<site>/<machine>/context: what the machine is working on since `ts`.
+    All of order/operation/apprentice are None when no job is running."""
+
+    model_config = _FROZEN
+    v: Literal[1] = 1
+    site: Slug
+    machine: Slug
+    ts: int = Field(ge=_MIN_TS, le=_MAX_TS)
+    context: EventContext = EventContext()
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class BadgeScan(BaseModel):
+    """Published by a hardware badge reader on copeau/v1/<site>/<machine>/badge."""
+
+    model_config = _FROZEN
+    v: Literal[1] = 1
+    code: str = Field(min_length=1, max_length=64)
+    ts: int | None = Field(default=None, ge=_MIN_TS, le=_MAX_TS)
+
+
 EventData = StateData | CycleData | PartData | AlarmData
 _DATA_MODEL: dict[EventKind, type[BaseModel]] = {
     EventKind.STATE: StateData,
@@ -106,11 +157,6 @@ _DATA_MODEL: dict[EventKind, type[BaseModel]] = {
     EventKind.PART: PartData,
     EventKind.ALARM: AlarmData,
 }
-
-# Any timestamp before 2000-01-01 or after 2200-01-01 is a bug at the source, not a time.
-_MIN_TS = 946_684_800 * 10**9
-_MAX_TS = 7_258_118_400 * 10**9
-
 
 class Event(BaseModel):
     """One event from one machine. Immutable; serialised with `encode()`."""
@@ -123,6 +169,7 @@ class Event(BaseModel):
     seq: int = Field(ge=0, le=INT64_MAX)
     ts: int = Field(ge=_MIN_TS, le=_MAX_TS)
     data: StateData | CycleData | PartData | AlarmData
+    ctx: EventContext | None = None  # the job it belongs to, when one was running
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +218,16 @@ class ContractError(ValueError):
 
 def event_topic(site: str, machine: str, kind: EventKind | str) -> str:
     return f"{TOPIC_ROOT}/{site}/{machine}/{EventKind(kind).value}"
+
+
+def control_topic(site: str, machine: str, kind: ControlKind | str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{machine}/{ControlKind(kind).value}"
+
+
+def is_control_topic(topic: str) -> bool:
+    """A context or badge topic: matched by the event subscription, but not an event."""
+    parts = topic.split("/")
+    return len(parts) == 5 and parts[4] in ControlKind.__members__.values()
 
 
 def status_topic(site: str, collector: str) -> str:

@@ -35,7 +35,7 @@ import paho.mqtt.client as paho
 
 from copeau.backoff import full_jitter
 from copeau.config import Workshop
-from copeau.contract import EVENT_SUBSCRIPTION, ContractError, decode_event
+from copeau.contract import EVENT_SUBSCRIPTION, ContractError, Event, decode_event, is_control_topic
 from copeau.mqtt import MqttLink
 from gateway.deadletter import DeadLetters
 from gateway.influx import InfluxWriter, StoreStopped
@@ -222,6 +222,8 @@ class Gateway:
         lines: list[str] = []
         owners: list[_Delivery] = []  # owners[i] is the message of lines[i]
         for delivery in batch:
+            if delivery.topic is not None and is_control_topic(delivery.topic):
+                continue  # a job context or badge scan: for collectors and the web service, not stored here
             try:
                 line = _encode(delivery)
             except ContractError as exc:
@@ -272,4 +274,15 @@ def _encode(delivery: _Delivery) -> str:
     """The message as one line of line protocol. Raises ContractError or LineProtocolError."""
     if delivery.topic is None:
         raise ContractError("topic is not valid UTF-8")
-    return event_line(decode_event(delivery.topic, delivery.payload))
+    event = decode_event(delivery.topic, delivery.payload)
+    return event_line(event, context_tags=context_tags(event))
+
+
+def context_tags(event: Event) -> dict[str, str]:
+    """The job an event belongs to, as InfluxDB tags (order, operation, apprentice code: never a name)."""
+    ctx = event.ctx
+    if ctx is None:
+        return {}
+    tags = {"order": ctx.order, "operation": None if ctx.operation is None else str(ctx.operation),
+            "apprentice": ctx.apprentice}
+    return {k: v for k, v in tags.items() if v is not None}

@@ -23,14 +23,18 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from copeau.config import InfluxSettings, Workshop
 from copeau.contract import (
     AlarmData,
+    ControlKind,
     CycleData,
     CycleOutcome,
     CyclePhase,
     Event,
+    EventContext,
     EventKind,
+    JobContext,
     MachineState,
     PartData,
     StateData,
+    control_topic,
     event_topic,
 )
 from copeau.services import ManagedProcess, free_port, influxd_process
@@ -473,3 +477,33 @@ def test_dead_letters_are_json_lines_that_keep_the_exact_payload(tmp_path: Path)
     assert {r["payload"][:7] for r in records if not r["payload"].startswith("{") and "ligne" not in r["payload"]} \
         == {"base64:"}  # not UTF-8, or text that would read as base64: both encoded
     assert {r["reason"] for r in records} == {"raison « lisible »"}
+
+
+# -- job context --------------------------------------------------------------------------------------------
+
+
+def test_job_context_becomes_tags_and_control_topics_are_not_stored(
+    workshop_for: Callable[..., Workshop], gateways: Callable[..., Gateway], publisher: Publisher, influx: Influx
+) -> None:
+    workshop = workshop_for()
+    db = workshop.influxdb.database
+    gateway = gateways(workshop)
+    ctx = EventContext(order="CMD-2026-017", operation=20, apprentice="AP-7K3Q")
+    context = JobContext(site=SITE, machine=MACHINES[0], ts=TS0, context=ctx)
+    publisher.publish([
+        (control_topic(SITE, MACHINES[0], ControlKind.CONTEXT), context.encode()),
+        (control_topic(SITE, MACHINES[0], ControlKind.BADGE), b'{"v":1,"code":"0042"}'),
+    ])
+    tagged = [Event(site=SITE, machine=MACHINES[0], kind=EventKind.PART, seq=i, ts=TS0 + i, ctx=ctx,
+                    data=PartData(count=1 + i)) for i in range(3)]
+    untagged = Event(site=SITE, machine=MACHINES[0], kind=EventKind.PART, seq=3, ts=TS0 + 3, data=PartData(count=7))
+    publisher.events([*tagged, untagged])
+
+    wait_until(_stored(gateway, 4), timeout=WAIT_S, what="4 part points")
+    by_job = ("SELECT sum(count) FROM part "
+              "WHERE \"order\" = 'CMD-2026-017' AND operation = '20' AND apprentice = 'AP-7K3Q'")
+    assert influx.scalar(db, by_job) == 1 + 2 + 3
+    assert influx.scalar(db, "SELECT sum(count) FROM part") == 1 + 2 + 3 + 7
+    stats = gateway.stats
+    assert (stats.received, stats.stored_points, stats.dead_letters) == (6, 4, 0)  # control messages: acked, skipped
+    assert_broker_holds_nothing(gateway, gateways, publisher, influx)
