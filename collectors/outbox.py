@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS machine (
     next_seq INTEGER NOT NULL,
     snapshot TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_context (
+    machine  TEXT PRIMARY KEY,
+    payload  BLOB NOT NULL
+);
 """
 
 
@@ -84,6 +88,18 @@ class Outbox:
         restarts its scenario, or a machine whose module was replaced. Queued events are kept."""
         with self._transaction():
             self._db.execute("UPDATE machine SET snapshot = '{}' WHERE machine = ?", (machine_id,))
+
+    def save_context(self, machine_id: str, payload: bytes) -> None:
+        """Keep the machine's latest job context (retained on MQTT), for a restart while the broker is away."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO job_context (machine, payload) VALUES (?, ?) "
+                "ON CONFLICT(machine) DO UPDATE SET payload = excluded.payload",
+                (machine_id, payload),
+            )
+
+    def contexts(self) -> dict[str, bytes]:
+        return {str(m): bytes(p) for m, p in self._db.execute("SELECT machine, payload FROM job_context")}
 
     def pending(self, *, after_id: int, limit: int) -> list[Pending]:
         rows = self._db.execute(

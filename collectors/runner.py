@@ -24,7 +24,19 @@ from collectors.outbox import Outbox
 from collectors.source import MachineSource
 from copeau.backoff import full_jitter
 from copeau.config import Machine, ModbusMachine, Workshop
-from copeau.contract import CycleData, CyclePhase, Event, MachineState, PartData, status_topic
+from copeau.contract import (
+    ContractError,
+    ControlKind,
+    CycleData,
+    CyclePhase,
+    Event,
+    EventContext,
+    JobContext,
+    MachineState,
+    PartData,
+    control_topic,
+    status_topic,
+)
 from copeau.errors import MachineUnavailable
 from copeau.mqtt import MqttLink, Will
 
@@ -80,6 +92,11 @@ class Collector:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The job each machine is working on (retained on MQTT, published by the kiosk service); events are
+        # stamped with it at the source, so a backlog delivered after an outage keeps the right job.
+        self._contexts: dict[str, JobContext] = {}
+        for machine_id, payload in self.outbox.contexts().items():
+            self._set_context(machine_id, payload)
         cid = workshop.collector.id
         self._status_topic = status_topic(workshop.site.id, cid)
         self.link = MqttLink(
@@ -89,6 +106,7 @@ class Collector:
             will=Will(self._status_topic, b'{"status":"offline"}'),
             on_connected=self._on_connected,
             on_published=self._on_published,
+            on_message=self._on_context_message,
         )
 
     # -- lifecycle
@@ -183,6 +201,7 @@ class Collector:
                         seq=seq,
                         ts=d.ts,
                         data=d.data,
+                        ctx=self._current_context(machine.id),
                     )
                     messages.append((event.topic, event.encode()))
                     seq += 1
@@ -261,8 +280,43 @@ class Collector:
 
     def _on_connected(self, _session_present: bool) -> None:
         self.link.client.publish(self._status_topic, b'{"status":"online"}', qos=1, retain=True)
+        for m in self.workshop.machines:
+            self.link.client.subscribe(control_topic(self.workshop.site.id, m.id, ControlKind.CONTEXT), qos=1)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+
+    # -- job context
+
+    def _on_context_message(self, msg: object) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)  # type: ignore[attr-defined]
+        machine_id = topic.split("/")[3]
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._context_received, machine_id, payload)
+
+    def _context_received(self, machine_id: str, payload: bytes) -> None:
+        if self._set_context(machine_id, payload):
+            self.outbox.save_context(machine_id, payload)
+
+    def _set_context(self, machine_id: str, payload: bytes) -> bool:
+        try:
+            context = JobContext.model_validate_json(payload)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("%s: job context refused (%s)", machine_id, ContractError(str(exc)))
+            return False
+        if context.machine != machine_id or context.site != self.workshop.site.id:
+            log.warning("%s: job context for %s/%s refused", machine_id, context.site, context.machine)
+            return False
+        self._contexts[machine_id] = context
+        return True
+
+    def _current_context(self, machine_id: str) -> EventContext | None:
+        """The job the machine is working on now. Events are stamped as they are derived, so "now" is right;
+        comparing with the context's own time would only add the clock skew between the kiosk and this PC."""
+        context = self._contexts.get(machine_id)
+        if context is None or context.context == EventContext():
+            return None
+        return context.context
 
 
 def _resume_point_moved(old: Snapshot, new: Snapshot) -> bool:

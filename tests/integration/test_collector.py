@@ -21,7 +21,16 @@ from collectors.core import Sample
 from collectors.outbox import Outbox
 from collectors.runner import Collector
 from collectors.source import FunctionSource
-from copeau.contract import EVENT_SUBSCRIPTION, decode_event, status_topic
+from copeau.contract import (
+    EVENT_SUBSCRIPTION,
+    ControlKind,
+    EventContext,
+    JobContext,
+    control_topic,
+    decode_event,
+    is_control_topic,
+    status_topic,
+)
 from copeau.errors import MachineUnavailable
 from copeau.services import ManagedProcess, free_port
 from tests.conftest import make_workshop, modbus_machine, wait_until
@@ -64,6 +73,8 @@ class Subscriber:
         self.client = client
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        if is_control_topic(msg.topic):  # job contexts share the event subscription; they are not events
+            return
         with self.lock:
             self.events.append(decode_event(msg.topic, msg.payload))
 
@@ -181,3 +192,50 @@ def test_broker_outage_and_collector_restart_lose_nothing(
     for e in sub.events:  # a re-send after reconnect is byte-identical, hence harmless
         assert by_seq.setdefault(e.seq, e) == e
     assert sum(e.data.count for e in by_seq.values() if e.kind == "part") == 31
+
+
+def test_events_are_stamped_with_the_job_context_even_across_a_restart_without_broker(
+    tmp_path: Path, broker_factory: Callable[..., ManagedProcess]
+) -> None:
+    port = free_port()
+    broker = broker_factory(port=port, state_dir=tmp_path / "mq")
+    sub = Subscriber(port)
+    wait_until(sub.client.is_connected, timeout=10, what="subscriber connected")
+    job = EventContext(order="CMD-1", operation=10, apprentice="AP-42")
+    retained = sub.client.publish(
+        control_topic("test-site", "m1", ControlKind.CONTEXT),
+        JobContext(site="test-site", machine="m1", ts=1_800_000_000_000_000_000, context=job).encode(),
+        qos=1,
+        retain=True,
+    )
+    retained.wait_for_publish(5)
+    workshop = make_workshop(tmp_path, mqtt_port=port, machines=[modbus_machine("m1", 1, poll=0.01)])
+    mill = FakeMill()
+    outbox = tmp_path / "outbox.sqlite"
+
+    c1 = Collector(workshop, sources={"m1": FunctionSource("m1", mill.read)}, outbox=outbox)
+
+    async def phase1() -> None:
+        async def one_part_once_the_context_is_known() -> None:
+            while c1._current_context("m1") is None:
+                await asyncio.sleep(0.01)
+            mill.counter += 1
+
+        maker = asyncio.create_task(one_part_once_the_context_is_known())
+        await _run_until(c1, lambda: maker.done() and sub.parts() == 1, "1 part delivered")
+
+    asyncio.run(phase1())
+    broker.stop()  # the collector restarts while the broker is away: the context comes from its outbox
+    c2 = Collector(workshop, sources={"m1": FunctionSource("m1", mill.read)}, outbox=outbox)
+    mill.counter += 2
+
+    async def phase2() -> None:
+        await _run_until(c2, lambda: c2.stats.views["m1"].counter == mill.counter, "2 more parts read")
+
+    asyncio.run(phase2())
+    broker_factory(port=port, state_dir=tmp_path / "mq")
+    c3 = Collector(workshop, sources={"m1": FunctionSource("m1", mill.read)}, outbox=outbox)
+    asyncio.run(_run_until(c3, lambda: sub.parts() == 3, "3 parts delivered"))
+    sub.close()
+    parts = [e for e in sub.events if e.kind == "part"]
+    assert {e.ctx for e in parts} == {job}  # every part says for which job it was made
