@@ -11,7 +11,8 @@ From a sample the deriver emits, in this order:
 1. `state`  when the machine's state changes (offline / idle / running / alarm);
 2. `alarm`  when the alarm input rises or falls;
 3. `cycle`  end, when a cycle it saw start stops running (with its duration);
-4. `part`   when the cumulative counter moved (see counters.py for wraps and resets);
+4. `part`   when the cumulative part counter (or good-part counter) moved (see counters.py for wraps and
+            resets); parts counted from the counter after the machine was unreachable are flagged `rebuilt`;
 5. `cycle`  start, when the machine starts running.
 
 Cycles follow a small transition table (`TRANSITIONS`). A cycle whose start was not seen (Copeau started
@@ -54,6 +55,7 @@ class Sample:
     cycle_running: bool = False
     alarm: bool = False
     counter: int | None = None
+    good_counter: int | None = None  # cumulative good parts, when the machine reports quality (OPC UA PartsGood)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Snapshot:
     cycle_started_ts: int | None = None
     alarm: bool | None = None
     counter: int | None = None
+    good_counter: int | None = None
     last_ts: int | None = None
     # The machine was unreachable since the last counter reading (a decrease is then a reset, not a wrap).
     outage: bool = False
@@ -132,6 +135,7 @@ class Snapshot:
             "cycle_started_ts": self.cycle_started_ts,
             "alarm": self.alarm,
             "counter": self.counter,
+            "good_counter": self.good_counter,
             "last_ts": self.last_ts,
             "outage": self.outage,
         }
@@ -153,6 +157,7 @@ class Snapshot:
             cycle_started_ts=_opt_int(raw.get("cycle_started_ts")),
             alarm=None if raw.get("alarm") is None else bool(raw.get("alarm")),
             counter=_opt_int(raw.get("counter")),
+            good_counter=_opt_int(raw.get("good_counter")),
             last_ts=_opt_int(raw.get("last_ts")),
             outage=bool(raw.get("outage", False)),
         )
@@ -213,26 +218,29 @@ class Deriver:
             out.append(self._cycle_end(ts, outcome))
             started = None
 
-        counter = s.counter
+        counter, good_counter = s.counter, s.good_counter
+        parts, good, reset, wrapped = 0, None, False, False
         if sample.counter is not None:
             step = counter_step(
-                s.counter,
-                sample.counter,
+                s.counter, sample.counter, modulus=self._modulus, wrap_window=self._wrap_window, outage=s.outage
+            )
+            if step.rebased:
+                self.rebased += 1  # the collector logs it: a person should know the counter jumped
+            parts, reset, wrapped, counter = step.parts, step.reset, step.wrapped, sample.counter
+        if sample.good_counter is not None:
+            good_step = counter_step(
+                s.good_counter,
+                sample.good_counter,
                 modulus=self._modulus,
                 wrap_window=self._wrap_window,
                 outage=s.outage,
             )
-            if step.rebased:
-                self.rebased += 1  # the collector logs it: a person should know the counter jumped
-            if step.parts > 0:
-                out.append(
-                    Derived(
-                        EventKind.PART,
-                        ts,
-                        PartData(count=step.parts, counter=sample.counter, reset=step.reset, wrapped=step.wrapped),
-                    )
-                )
-            counter = sample.counter
+            good, good_counter = good_step.parts, sample.good_counter
+        if parts > 0 or good:
+            data = PartData(
+                count=parts, good=good, counter=sample.counter, reset=reset, wrapped=wrapped, rebuilt=s.outage
+            )
+            out.append(Derived(EventKind.PART, ts, data))
 
         if s.tracking is not CycleTracking.RUNNING and tracking is CycleTracking.RUNNING:
             out.append(Derived(EventKind.CYCLE, ts, CycleData(phase=CyclePhase.START)))
@@ -244,6 +252,7 @@ class Deriver:
             cycle_started_ts=started,
             alarm=alarm,
             counter=counter,
+            good_counter=good_counter,
             last_ts=ts,
             outage=s.outage and sample.counter is None,
         )

@@ -15,13 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from collectors.core import Derived, Deriver, Sample, Snapshot
 from collectors.modbus import ModbusSource
 from collectors.outbox import Outbox
-from collectors.source import MachineSource
+from collectors.source import MachineSource, StreamingSource
 from copeau.backoff import full_jitter
 from copeau.config import Machine, ModbusMachine, Workshop
 from copeau.contract import (
@@ -50,10 +50,22 @@ class MachineView:
     state: MachineState | None = None
     counter: int | None = None
     parts: int = 0  # parts counted by this collector process since it started
+    good: int | None = None  # of which good, when the machine reports quality
     last_cycle_s: float | None = None
     last_sample_ts: int | None = None
     polls: int = 0
     missed_intervals: int = 0
+
+
+@dataclass
+class _Track:
+    """One machine's pipeline state inside the collector: its core, next sequence number and view."""
+
+    machine: Machine
+    deriver: Deriver
+    seq: int
+    committed: Snapshot
+    view: MachineView
 
 
 @dataclass
@@ -74,13 +86,13 @@ class Collector:
         self,
         workshop: Workshop,
         *,
-        sources: Mapping[str, MachineSource] | None = None,
+        sources: Mapping[str, MachineSource | StreamingSource] | None = None,
         outbox: Path | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.workshop = workshop
         self._clock_ns = clock_ns
-        self._sources: dict[str, MachineSource] = dict(sources or {})
+        self._sources: dict[str, MachineSource | StreamingSource] = dict(sources or {})
         for m in workshop.machines:
             if m.id not in self._sources:
                 if not isinstance(m, ModbusMachine):
@@ -118,7 +130,9 @@ class Collector:
             async with asyncio.TaskGroup() as tg:
                 n = len(self.workshop.machines)
                 pollers = [
-                    tg.create_task(self._poll(m, offset_s=i * m.interval_s / n), name=f"poll:{m.id}")
+                    tg.create_task(self._follow(m, source), name=f"follow:{m.id}")
+                    if isinstance(source := self._sources[m.id], StreamingSource)
+                    else tg.create_task(self._poll(m, offset_s=i * m.interval_s / n), name=f"poll:{m.id}")
                     for i, m in enumerate(self.workshop.machines)
                 ]
                 publisher = tg.create_task(self._publish_loop(), name="publish")
@@ -153,20 +167,24 @@ class Collector:
             await source.close()
         self.outbox.close()
 
-    # -- polling
+    # -- reading machines
+
+    def _track(self, machine: Machine) -> _Track:
+        record = self.outbox.machine(machine.id)
+        snapshot = Snapshot.from_dict(record.snapshot).after_restart() if record else None
+        deriver = Deriver(counter_modulus=machine.counter_modulus, wrap_window=machine.wrap_window, snapshot=snapshot)
+        return _Track(
+            machine=machine,
+            deriver=deriver,
+            seq=record.next_seq if record else 0,
+            committed=deriver.snapshot,
+            view=self.stats.views[machine.id],
+        )
 
     async def _poll(self, machine: Machine, *, offset_s: float) -> None:
+        """Read a polled machine (Modbus) at its interval, staggered by `offset_s`."""
         source = self._sources[machine.id]
-        view = self.stats.views[machine.id]
-        record = self.outbox.machine(machine.id)
-        seq = record.next_seq if record else 0
-        snapshot = Snapshot.from_dict(record.snapshot).after_restart() if record else None
-        deriver = Deriver(
-            counter_modulus=machine.counter_modulus,
-            wrap_window=machine.wrap_window,
-            snapshot=snapshot,
-        )
-        committed = deriver.snapshot
+        track = self._track(machine)
         loop = asyncio.get_running_loop()
         interval = machine.interval_s
         next_tick = loop.time() + offset_s
@@ -183,59 +201,69 @@ class Collector:
                     log.warning("%s: cannot be read (%s); retrying", machine.id, exc)
                     backoff = full_jitter(base_s=interval, cap_s=self.workshop.collector.reconnect_max_s)
                 sample = Sample(ts=self._clock_ns(), available=False)
-            sample = self._monotonic(sample, deriver.snapshot.last_ts, machine.id)
-            rebased = deriver.rebased
-            events = deriver.feed(sample)
-            if deriver.rebased != rebased:
-                log.warning("%s: the part counter jumped to %s; taken as a new baseline (module replaced or preset?)",
-                            machine.id, sample.counter)
-            view.polls += 1
-            view.last_sample_ts = sample.ts
-            if events or _resume_point_moved(committed, deriver.snapshot):
-                messages = []
-                for d in events:
-                    event = Event(
-                        site=self.workshop.site.id,
-                        machine=machine.id,
-                        kind=d.kind,
-                        seq=seq,
-                        ts=d.ts,
-                        data=d.data,
-                        ctx=self._current_context(machine.id),
-                    )
-                    messages.append((event.topic, event.encode()))
-                    seq += 1
-                    _update_view(view, d)
-                self.outbox.commit(machine.id, next_seq=seq, snapshot=deriver.snapshot.to_dict(), messages=messages)
-                committed = deriver.snapshot
-                if messages:
-                    self._wake.set()
-            view.state = deriver.snapshot.state
-            view.counter = deriver.snapshot.counter
+            self._apply(track, sample)
             next_tick += interval
             if backoff is not None:
                 next_tick = max(next_tick, loop.time() + next(backoff))
             elif next_tick < loop.time():
                 missed = int((loop.time() - next_tick) // interval) + 1
-                view.missed_intervals += missed
+                track.view.missed_intervals += missed
                 next_tick += missed * interval
 
-    def _monotonic(self, sample: Sample, last_ts: int | None, machine_id: str) -> Sample:
-        # A PC clock stepped back (NTP, a wrong manual setting) must not stop collection: keep event times
-        # increasing, and say so once.
-        if last_ts is not None and sample.ts <= last_ts:
+    async def _follow(self, machine: Machine, source: StreamingSource) -> None:
+        """Follow a machine that pushes its changes (OPC UA subscriptions); the source reconnects by itself
+        and yields an unavailable sample while it cannot."""
+        track = self._track(machine)
+        async for sample in source.samples():
+            self._apply(track, sample)
+
+    def _apply(self, track: _Track, sample: Sample) -> None:
+        """Feed one sample to the core and commit the events it yields, with the resume point, to the outbox."""
+        machine, deriver, view = track.machine, track.deriver, track.view
+        sample = self._monotonic(sample, deriver.snapshot.last_ts, machine.id)
+        rebased = deriver.rebased
+        events = deriver.feed(sample)
+        if deriver.rebased != rebased:
             log.warning(
-                "%s: the clock went back %.3f s; event times held monotonic",
-                machine_id,
-                (last_ts - sample.ts) / 1e9,
+                "%s: the part counter jumped to %s; taken as a new baseline (module replaced or preset?)",
+                machine.id,
+                sample.counter,
             )
-            return Sample(
-                ts=last_ts + 1,
-                available=sample.available,
-                cycle_running=sample.cycle_running,
-                alarm=sample.alarm,
-                counter=sample.counter,
-            )
+        view.polls += 1
+        view.last_sample_ts = sample.ts
+        if events or _resume_point_moved(track.committed, deriver.snapshot):
+            messages = []
+            for d in events:
+                event = Event(
+                    site=self.workshop.site.id,
+                    machine=machine.id,
+                    kind=d.kind,
+                    seq=track.seq,
+                    ts=d.ts,
+                    data=d.data,
+                    ctx=self._current_context(machine.id),
+                )
+                messages.append((event.topic, event.encode()))
+                track.seq += 1
+                _update_view(view, d)
+            self.outbox.commit(machine.id, next_seq=track.seq, snapshot=deriver.snapshot.to_dict(), messages=messages)
+            track.committed = deriver.snapshot
+            if messages:
+                self._wake.set()
+        view.state = deriver.snapshot.state
+        view.counter = deriver.snapshot.counter
+
+    def _monotonic(self, sample: Sample, last_ts: int | None, machine_id: str) -> Sample:
+        # A PC clock stepped back (NTP, a wrong manual setting), or a server that re-sends a value with its old
+        # source time after a reconnect, must not stop collection: keep event times increasing.
+        if last_ts is not None and sample.ts <= last_ts:
+            if last_ts - sample.ts > 1_000_000_000:
+                log.warning(
+                    "%s: a sample %.3f s older than the previous one; event times held monotonic",
+                    machine_id,
+                    (last_ts - sample.ts) / 1e9,
+                )
+            return replace(sample, ts=last_ts + 1)
         return sample
 
     # -- publishing
@@ -285,7 +313,6 @@ class Collector:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-
     # -- job context
 
     def _on_context_message(self, msg: object) -> None:
@@ -321,17 +348,13 @@ class Collector:
 
 def _resume_point_moved(old: Snapshot, new: Snapshot) -> bool:
     # The sample time alone changing is not worth a disk write; anything the resume depends on is.
-    return (old.counter, old.tracking, old.alarm, old.state, old.outage) != (
-        new.counter,
-        new.tracking,
-        new.alarm,
-        new.state,
-        new.outage,
-    )
+    return replace(old, last_ts=None) != replace(new, last_ts=None)
 
 
 def _update_view(view: MachineView, d: Derived) -> None:
     if isinstance(d.data, PartData):
         view.parts += d.data.count
+        if d.data.good is not None:
+            view.good = (view.good or 0) + d.data.good
     elif isinstance(d.data, CycleData) and d.data.phase is CyclePhase.END:
         view.last_cycle_s = d.data.duration_s

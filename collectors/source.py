@@ -1,4 +1,5 @@
-"""What a protocol adapter looks like to the collector, and the simplest one: a plain function.
+"""What a protocol adapter looks like to the collector (polled or streaming), and the simplest one: a plain
+function.
 
 Modbus (collectors/modbus.py), OPC UA (to come) and test fakes all take this shape, so the poll loop,
 the core and the outbox never know which protocol they read.
@@ -6,8 +7,8 @@ the core and the outbox never know which protocol they read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
 
 from collectors.core import Sample
 
@@ -22,6 +23,20 @@ class MachineSource(Protocol):
     async def close(self) -> None:
         """Release the connection (called once, at shutdown)."""
         ...
+
+
+@runtime_checkable
+class StreamingSource(Protocol):
+    """A machine that pushes its changes (OPC UA subscriptions) rather than being polled."""
+
+    machine_id: str
+
+    def samples(self) -> AsyncIterator[Sample]:
+        """Samples as the machine changes, each stamped with the machine's own time when it has one. Never
+        ends by itself: while the machine cannot be reached it yields one unavailable sample, then reconnects."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class FunctionSource:

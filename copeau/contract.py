@@ -99,11 +99,20 @@ class CycleData(BaseModel):
 
 class PartData(BaseModel):
     model_config = _FROZEN
-    count: int = Field(ge=1, le=1_000_000)  # parts counted by this event (counter delta)
+    count: int = Field(ge=0, le=1_000_000)  # parts made, counted by this event (counter delta)
+    # Of those, or of parts counted earlier, how many were declared good by the machine (its good-part counter
+    # moved by this much); None when the machine has no such counter. Scrap = sum(count) - sum(good).
+    good: int | None = Field(default=None, ge=0, le=1_000_000)
     counter: int | None = Field(default=None, ge=0, le=INT64_MAX)  # raw counter value read at the source, if any
     reset: bool = False  # the hardware counter went back to 0 (power cycle) before this reading
     wrapped: bool = False  # the counter wrapped past its maximum before this reading
-    rebuilt: bool = False  # parts made while the collector was disconnected, rebuilt from the counter
+    rebuilt: bool = False  # parts made while the machine could not be read, rebuilt from its counter
+
+    @model_validator(mode="after")
+    def _counts_something(self) -> PartData:
+        if self.count == 0 and not self.good:
+            raise ValueError("a part event counts at least one part (count or good)")
+        return self
 
 
 class AlarmData(BaseModel):
@@ -157,6 +166,7 @@ _DATA_MODEL: dict[EventKind, type[BaseModel]] = {
     EventKind.PART: PartData,
     EventKind.ALARM: AlarmData,
 }
+
 
 class Event(BaseModel):
     """One event from one machine. Immutable; serialised with `encode()`."""

@@ -129,8 +129,7 @@ class MqttLink:
     def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             if not self._lost_logged:  # e.g. bad credentials: say it once, not at every attempt
-                log.warning("MQTT %s:%s refused %s: %s", self.settings.host, self.settings.port, self.client_id,
-                            reason)
+                log.warning("MQTT %s:%s refused %s: %s", self.settings.host, self.settings.port, self.client_id, reason)
                 self._lost_logged = True
             self._next_delay()
             return

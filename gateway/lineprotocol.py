@@ -91,6 +91,8 @@ def event_line(event: Event, *, context_tags: Mapping[str, str] | None = None) -
                 fields["started_ts"] = data.started_ts
     elif isinstance(data, PartData):
         fields["count"] = data.count
+        if data.good is not None:
+            fields["good"] = data.good
         if data.counter is not None:
             fields["counter"] = data.counter
         fields["reset"] = data.reset

@@ -204,3 +204,25 @@ def test_core_matches_the_reference_model(timeline: list[Poll]) -> None:
     expected = made - (timeline[first_counted].new_parts if first_counted is not None else 0)  # baseline
     assert sum(e.data.count for e in events if isinstance(e.data, PartData)) == expected
     assert all(e.kind is EventKind(e.kind) for e in events)
+
+
+def test_good_counter_gives_quality_and_parts_after_an_outage_are_rebuilt() -> None:
+    d = deriver()
+    d.feed(Sample(T0, counter=100, good_counter=90))
+    good_part = d.feed(Sample(T0 + S, counter=101, good_counter=91))[-1].data
+    assert isinstance(good_part, PartData)
+    assert (good_part.count, good_part.good, good_part.rebuilt) == (1, 1, False)
+    scrap = d.feed(Sample(T0 + 2 * S, counter=102, good_counter=91))[-1].data
+    assert isinstance(scrap, PartData)
+    assert (scrap.count, scrap.good) == (1, 0)
+    # The good counter may move in a later reading than the part counter: totals stay exact.
+    late = d.feed(Sample(T0 + 3 * S, counter=102, good_counter=92))[-1].data
+    assert isinstance(late, PartData)
+    assert (late.count, late.good) == (0, 1)
+    d.feed(Sample(T0 + 4 * S, available=False))
+    back = d.feed(Sample(T0 + 9 * S, counter=106, good_counter=95))[-1].data
+    assert isinstance(back, PartData)
+    assert (back.count, back.good, back.rebuilt) == (4, 3, True)
+    after = d.feed(Sample(T0 + 10 * S, counter=107, good_counter=96))[-1].data
+    assert isinstance(after, PartData)
+    assert after.rebuilt is False
