@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -291,7 +292,7 @@ class OpcUaMachine(_MachineBase):
 
     protocol: Literal["opcua"]
     url: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
-    # The machine's BrowseName under Objects/Machines; None = the server's only machine.
+    # The machine's BrowseName under Objects/Machines; None = the machine's id, or else the server's only machine.
     browse_name: str | None = None
     sampling_interval_ms: int = Field(default=100, ge=10, le=60_000)
     security: OpcUaSecurity = OpcUaSecurity()
@@ -333,6 +334,39 @@ class GatewaySettings(BaseModel):
     max_batch_lines: int = Field(default=5000, ge=1, le=100_000)
 
 
+class WebSettings(BaseModel):
+    """The web service (`copeau web`): kiosks, JSON API, pages for the maîtres. See docs/orders-and-kiosk.md."""
+
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # The relational store. Unset: SQLite in <state_dir>/copeau.sqlite. A PostgreSQL URL carries a password,
+    # so it comes from the environment or a file, like every secret.
+    database_url: Secret = Secret(env="COPEAU_DATABASE_URL")
+    # One key per kiosk, `machine-id=key` per line (or comma-separated). Never in this file.
+    kiosk_keys: Secret = Secret(env="COPEAU_KIOSK_KEYS")
+    # Set when the service is reached over HTTPS (behind a reverse proxy): cookies are then sent over HTTPS only.
+    secure_cookies: bool = False
+    # A badge scanned on an idle machine is remembered this long, waiting for the job card.
+    identify_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    # Unknown badges accepted per kiosk within the window before the kiosk refuses scans for a while.
+    unknown_badge_limit: int = Field(default=5, ge=1, le=1000)
+    unknown_badge_window_s: float = Field(default=60.0, gt=0, le=3600)
+    # Order progress: how often it is recomputed, and over how long the recent part rate is measured.
+    progress_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    rate_window_s: float = Field(default=1800.0, gt=0, le=7 * 86400)
+    # Due dates are days; a due date means the end of that day in this time zone.
+    timezone: str = "Europe/Paris"
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> WebSettings:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone: fuseau horaire inconnu « {self.timezone} » (ex. Europe/Paris)") from exc
+        return self
+
+
 class Workshop(BaseModel):
     """The whole `workshop.yaml`."""
 
@@ -344,6 +378,7 @@ class Workshop(BaseModel):
     collector: CollectorSettings = CollectorSettings()
     gateway: GatewaySettings = GatewaySettings()
     machines: list[Machine] = Field(min_length=1)
+    web: WebSettings = WebSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Workshop:
@@ -360,6 +395,13 @@ class Workshop(BaseModel):
             if key in endpoints:
                 raise ValueError(f"{m.id} et {endpoints[key]} lisent le même module Modbus {key}")
             endpoints[key] = m.id
+        names: dict[tuple[str, str], str] = {}
+        for m in self.machines:
+            if isinstance(m, OpcUaMachine):
+                key = (m.url, m.browse_name or m.id)
+                if key in names:
+                    raise ValueError(f"machines: {m.id} et {names[key]} désignent la même machine sur {m.url}")
+                names[key] = m.id
         if self.services.mode is ServicesMode.MANAGED:
             for name, host in (("mqtt.host", self.mqtt.host), ("influxdb.host", self.influxdb.host)):
                 if not _is_loopback(host):

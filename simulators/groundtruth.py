@@ -3,11 +3,16 @@
 Each record is ``{"ts": <int ns since the epoch>, "machine": "<id>", "event": "<name>", ...}`` with event:
 
 - ``cycle_start``; ``cycle_end`` with ``"duration_s"``;
-- ``part`` with ``"counter"``, the raw counter value after the increment (modulo the counter's modulus);
+- ``part`` with ``"counter"``, the raw counter value after the increment (modulo the counter's modulus), and
+  ``"good"`` (true or false) when the simulator knows the part's quality (OPC UA); a record without it is a good part;
 - ``alarm_on``, ``alarm_off``;
-- ``power_off``; ``power_on`` with ``"counter": 0``.
+- ``power_off``; ``power_on`` with ``"counter"``: 0 for a Modbus module (the cut resets it), the kept value for
+  an OPC UA machine;
+- ``server_stop``, ``server_start`` (OPC UA): the server that serves the machine was down in between (connections
+  dropped and refused) while the machine kept producing.
 
-`ts` is taken when the simulator changes its registers, on the same clock as the records of the other events.
+`ts` is taken when the simulator changes its registers or variables, on the same clock as the records of the other
+events. The OPC UA simulator stamps in whole microseconds, and its `ts` is the SourceTimestamp of the values written.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class Truth:
 
     machine: str
     parts: int  # number of "part" records
+    good: int  # "part" records without "good": false (a record without the key is a good part)
+    bad: int  # "part" records with "good": false
     cycles: list[TruthCycle]
     alarms: int  # number of "alarm_on" records
     power_cycles: int  # number of "power_off" records
@@ -93,10 +100,13 @@ def read_truth(path: Path) -> Truth:
             started = None
     if started is not None:
         cycles.append(TruthCycle(started, None, None, completed=False))
+    parts = [r for r in records if r["event"] == "part"]
     return Truth(
         # An empty file (a simulator in its first idle step) is named after its machine, as truth_path does.
         machine=machines.pop() if machines else path.stem,
-        parts=sum(r["event"] == "part" for r in records),
+        parts=len(parts),
+        good=sum(r.get("good", True) is not False for r in parts),
+        bad=sum(r.get("good", True) is False for r in parts),
         cycles=cycles,
         alarms=sum(r["event"] == "alarm_on" for r in records),
         power_cycles=sum(r["event"] == "power_off" for r in records),
