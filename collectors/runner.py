@@ -20,6 +20,7 @@ from pathlib import Path
 
 from collectors.core import Derived, Deriver, Sample, Snapshot
 from collectors.modbus import ModbusSource
+from collectors.opcua import OpcUaSource
 from collectors.outbox import Outbox
 from collectors.source import MachineSource, StreamingSource
 from copeau.backoff import full_jitter
@@ -94,10 +95,14 @@ class Collector:
         self._clock_ns = clock_ns
         self._sources: dict[str, MachineSource | StreamingSource] = dict(sources or {})
         for m in workshop.machines:
-            if m.id not in self._sources:
-                if not isinstance(m, ModbusMachine):
-                    raise NotImplementedError(f"{m.id}: the {m.protocol} collector is not built yet")
+            if m.id in self._sources:
+                continue
+            if isinstance(m, ModbusMachine):
                 self._sources[m.id] = ModbusSource(m, clock_ns=clock_ns)
+            else:
+                self._sources[m.id] = OpcUaSource(
+                    m, clock_ns=clock_ns, reconnect_max_s=workshop.collector.reconnect_max_s
+                )
         self.outbox = Outbox(outbox or outbox_path(workshop))
         self.stats = CollectorStats(views={m.id: MachineView() for m in workshop.machines})
         self._inflight: dict[int, int] = {}  # MQTT message id → outbox row id

@@ -46,8 +46,10 @@ def _logging(verbose: bool, *, quiet_level: int = logging.WARNING) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        # pymodbus logs every failed connection attempt; the collector already logs once on loss and recovery.
+        # pymodbus and asyncua log every failed attempt, with tracebacks; the collector logs once on loss and
+        # once on recovery, with the machine's name. -v shows everything.
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
@@ -197,6 +199,41 @@ def simulate(
             await task
 
     asyncio.run(run())
+
+
+@app.command()
+def web(
+    config: ConfigOption = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Adresse d'écoute (défaut : web.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (défaut : web.port, 8080).")] = None,
+    add_maitre: Annotated[
+        str | None,
+        typer.Option("--add-maitre", help="Ajouter ce maître professionnel (mot de passe demandé), puis quitter."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Bornes des machines, pages des maîtres et API JSON (FastAPI). Voir docs/orders-and-kiosk.md."""
+    _logging(verbose, quiet_level=logging.INFO)
+    workshop = _load(config)
+    from orders.errors import OrdersError
+    from web.access import KioskKeyError
+    from web.server import add_maitre as create_maitre
+    from web.server import serve
+
+    if add_maitre:
+        name = typer.prompt("Nom affiché", default=add_maitre)
+        password = typer.prompt("Mot de passe", hide_input=True, confirmation_prompt=True)
+        try:
+            create_maitre(workshop, login=add_maitre, display_name=name, password=password)
+        except OrdersError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"Maître « {add_maitre} » ajouté.")
+        return
+    try:
+        serve(workshop, host=host, port=port, log_level="debug" if verbose else "info")
+    except KioskKeyError as exc:
+        raise _fail(exc) from exc
 
 
 def main() -> None:
