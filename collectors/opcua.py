@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -464,3 +466,40 @@ def _explain(exc: ua.UaStatusCodeError, machine: OpcUaMachine) -> MachineError:
     ):
         return MachineError("identifiant ou mot de passe OPC UA refusé", machine=machine.id, address=machine.url)
     return MachineUnavailable(str(exc), machine=machine.id, address=machine.url)
+
+
+def slug(text: str) -> str:
+    """A machine id from a browse name: "Tour 2" → "tour-2"."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:63] or "machine"
+
+
+async def browse_server(url: str, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Connect without security, find every machine tool, and describe the configuration entry Copeau would use
+    for each (with the node ids it found, as a record of what it will read)."""
+    client = Client(url, timeout=4)
+    async with asyncio.timeout(timeout_s):
+        await client.connect()
+    try:
+        entries = []
+        for name, node in (await find_machines(client, machine="browse", address=url)).items():
+            model = await _path(node, "Identification/Model")
+            model_text = str((await model.read_value()) or "") if model is not None else ""
+            kind = "lathe" if any(w in model_text.lower() for w in ("lathe", "tour", "drehmaschine")) else "mill"
+            probe = OpcUaMachine.model_validate({"id": slug(name), "name": name, "kind": kind, "protocol": "opcua",
+                                                 "url": url, "browse_name": name})
+            nodes = await resolve(client, probe)
+            entries.append({
+                "id": probe.id,
+                "name": name,
+                "kind": kind,
+                "protocol": "opcua",
+                "url": url,
+                "browse_name": name,
+                "sampling_interval_ms": probe.sampling_interval_ms,
+                "found": {k: n.nodeid.to_string() for k, n in nodes.watched().items()},
+            })
+        return entries
+    finally:
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await client.disconnect()

@@ -236,5 +236,30 @@ def web(
         raise _fail(exc) from exc
 
 
+@app.command("opcua-browse")
+def opcua_browse(url: Annotated[str, typer.Argument(help="opc.tcp://hôte:port")]) -> None:
+    """Explore un serveur OPC UA et affiche les machines à ajouter dans workshop.yaml (modèle OPC 40501-1)."""
+    _logging(False)
+    import yaml
+
+    from collectors.opcua import browse_server
+
+    try:
+        entries = asyncio.run(browse_server(url))
+    except (OSError, TimeoutError, CopeauError) as exc:
+        typer.echo(f"{url} : {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from exc
+    if not entries:
+        typer.echo(f"{url} : aucune machine-outil (MachineToolType) sous Objects/Machines.", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"# {len(entries)} machine(s) trouvée(s) sur {url}. À coller sous `machines:` dans workshop.yaml ;")
+    typer.echo("# vérifiez `kind` (lathe/mill). Les nœuds trouvés sont indiqués en commentaire.")
+    for entry in entries:
+        found = entry.pop("found")
+        typer.echo(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False).rstrip())
+        for name, node_id in found.items():
+            typer.echo(f"    # {name}: {node_id}")
+
+
 def main() -> None:
     app()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from asyncua import Server
 
 from collectors.opcua import OpcUaSource
@@ -349,3 +352,39 @@ def test_each_machine_fails_on_its_own_with_a_clear_error(
             InfluxQuery(workshop.influxdb).scalar(f'SELECT count("count") FROM "part" WHERE "machine" = \'{m}\'')
             is None
         )
+
+
+def test_browse_command_prints_a_config_entry_that_works(tmp_path: Path) -> None:
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    machines = [opcua_machine("tour-1", "lathe", url, browse_name="Tour 1", simulation={**SCENARIO, "seed": 1})]
+    workshop = make_workshop(tmp_path, mqtt_port=1, machines=machines)
+    sim = OpcUaWorkshopSimulator(list(workshop.machines), url=url, state_dir=tmp_path)  # type: ignore[arg-type]
+
+    async def browse() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        async with serving(sim):
+            found = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "copeau", "opcua-browse", url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        nothing = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "copeau", "opcua-browse", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return found, nothing
+
+    found, nothing = asyncio.run(browse())
+    assert found.returncode == 0, found.stderr
+    entries = yaml.safe_load(found.stdout)
+    assert [(e["id"], e["browse_name"], e["kind"], e["url"]) for e in entries] == [("tour-1", "Tour 1", "lathe", url)]
+    assert "PartsProducedInLifetime" in found.stdout
+    make_workshop(tmp_path, mqtt_port=1, machines=entries)  # the printed entry is a valid configuration
+    assert nothing.returncode == 1  # the server is gone: an error, not an empty list
+    assert url in nothing.stderr
