@@ -187,12 +187,12 @@ def simulate(
     """Simule les machines qui ont un bloc `simulation:` (vérité terrain dans <state_dir>/truth/)."""
     _logging(verbose)
     workshop = _load(config)
-    from simulators.modbus import run_simulators
+    from simulators.workshop import SimulatedWorkshop
 
     async def run() -> None:
         stop = asyncio.Event()
         await _until_signal(stop)
-        task = asyncio.create_task(run_simulators(workshop.machines, workshop.state_dir), name="simulators")
+        task = asyncio.create_task(SimulatedWorkshop(workshop).run(), name="simulators")
         await stop.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

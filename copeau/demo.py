@@ -1,6 +1,7 @@
 """`copeau demo`: a simulated workshop, end to end, in one process.
 
-Simulated Modbus mills → collector → MQTT (managed mosquitto) → gateway → InfluxDB (managed influxd).
+Simulated machines (Modbus retrofit mills, OPC UA lathes and mill) → collector → MQTT (managed mosquitto) →
+gateway → InfluxDB (managed influxd).
 Every few seconds it prints, per machine, what InfluxDB holds (state, parts, last cycle time), and the
 InfluxQL that gives the same numbers. On stop (Ctrl-C, SIGTERM or DEMO_SECONDS) it lets the simulated
 machines finish the cycle in progress, lets every part reach InfluxDB, and compares InfluxDB with the
@@ -21,7 +22,7 @@ from copeau.i18n import t
 from copeau.influxql import InfluxQuery
 from gateway.service import Gateway
 from simulators.groundtruth import read_truth, truth_path
-from simulators.modbus import ModbusMachineSimulator
+from simulators.workshop import SimulatedWorkshop
 
 SUMMARY_EVERY_S = 5.0
 
@@ -38,6 +39,7 @@ def summary_queries(site: str, since_ns: int) -> dict[str, str]:
     where = f"\"site\" = '{site}' AND time >= '{since}'"
     return {
         "parts": f'SELECT sum("count") FROM "part" WHERE {where} GROUP BY "machine"',
+        "good": f'SELECT sum("good") FROM "part" WHERE {where} GROUP BY "machine"',
         "state": f'SELECT last("state") FROM "state" WHERE "site" = \'{site}\' GROUP BY "machine"',
         "cycle": f'SELECT last("duration_s") FROM "cycle" WHERE {where} AND "phase" = \'end\' GROUP BY "machine"',
     }
@@ -65,6 +67,7 @@ class Demo:
 
     def print_summary(self) -> None:
         parts = self.stored_parts()
+        good = self.influx.by_tag(self.queries["good"], "machine")
         states = self.influx.by_tag(self.queries["state"], "machine")
         cycles = self.influx.by_tag(self.queries["cycle"], "machine")
         now = datetime.now().strftime("%H:%M:%S")
@@ -73,22 +76,29 @@ class Demo:
                 "demo.table_header",
                 time=now,
                 machine=t("demo.col.machine"),
+                protocol=t("demo.col.protocol"),
                 state=t("demo.col.state"),
                 parts=t("demo.col.parts"),
+                scrap=t("demo.col.scrap"),
                 cycle=t("demo.col.cycle"),
             )
         )
         for m in self.machines:
             state = states.get(m.id)
             cycle = cycles.get(m.id)
+            made = parts.get(m.id, 0)
+            # Scrap is known only where the machine reports quality (OPC UA PartsGood).
+            scrap = "—" if m.id not in good else str(made - int(good[m.id]))
             print(
                 t(
                     "demo.table_header",
                     time=" " * len(now),
                     machine=m.id,
+                    protocol="OPC UA" if m.protocol == "opcua" else "Modbus",
                     state=t(f"state.{state}") if state else t("state.unknown"),
-                    parts=parts.get(m.id, 0),
-                    cycle=f"{cycle:.2f} s" if cycle is not None else "—",
+                    parts=made,
+                    scrap=scrap,
+                    cycle=f"{cycle:.1f} s" if cycle is not None else "—",
                 )
             )
         print(flush=True)
@@ -113,16 +123,17 @@ async def run_demo(
 
     stop = asyncio.Event()
     await until(stop, seconds)
+    sims = SimulatedWorkshop(workshop)
+    await sims.prepare()  # OPC UA address spaces take 2–3 s to build: before any machine plays
     gateway = Gateway(workshop)
     gateway.start()
-    sims = [ModbusMachineSimulator(m, truth_path=truth_path(workshop.state_dir, m.id)) for m in demo.machines]
     collector = Collector(workshop)
     for m in demo.machines:  # they start their scenario again: last run's counters no longer apply
         collector.outbox.forget_resume_point(m.id)
     collector_stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
-            sim_tasks = [tg.create_task(s.run(), name=f"simulate:{s.machine.id}") for s in sims]
+            sim_task = tg.create_task(sims.run(), name="simulators")
             collector_task = tg.create_task(collector.run(collector_stop), name="collector")
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -133,26 +144,22 @@ async def run_demo(
             print(t("demo.stopping"), flush=True)
             ok = await _finish(demo, sims, collector, collector_stop)
             await collector_task
-            for task in sim_tasks:
-                task.cancel()
+            sim_task.cancel()
     finally:
         gateway.stop()
     print(t("demo.done"), flush=True)
     return ok
 
 
-async def _finish(
-    demo: Demo, sims: list[ModbusMachineSimulator], collector: Collector, collector_stop: asyncio.Event
-) -> bool:
+async def _finish(demo: Demo, sims: SimulatedWorkshop, collector: Collector, collector_stop: asyncio.Event) -> bool:
     """Stop production, let every part reach InfluxDB, then compare with the ground truth."""
-    for sim in sims:
-        sim.stop_production()
+    sims.stop_production()
     longest_cycle = max(
         (m.simulation.cycle_s + m.simulation.cycle_jitter_s for m in demo.machines if m.simulation), default=0.0
     )
-    await _wait_for(lambda: all(s.finished.is_set() for s in sims), longest_cycle + 5)
+    await _wait_for(lambda: sims.finished, longest_cycle + 5)
     views = collector.stats.views
-    await _wait_for(lambda: all(views[s.machine.id].counter == s.counter for s in sims), 10)
+    await _wait_for(lambda: all(views[m].counter == sims.counter(m) for m in sims.machine_ids), 15)
     collector_stop.set()
     truths = {m.id: read_truth(truth_path(demo.workshop.state_dir, m.id)) for m in demo.machines}
     await _wait_for(lambda: demo.stored_parts() == {k: v.parts for k, v in truths.items() if v.parts}, 15)

@@ -21,10 +21,10 @@ from typing import Any
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from copeau.config import Machine, ModbusMachine, Register, Table
+from copeau.config import ModbusMachine, Register, Table
 from copeau.errors import ServiceError
 from copeau.i18n import t
-from simulators.groundtruth import GroundTruthWriter, truth_path
+from simulators.groundtruth import GroundTruthWriter
 from simulators.scenario import Step, plan
 
 # A function code that reads each table: pymodbus's simulator picks the table to write from it.
@@ -207,12 +207,3 @@ class ModbusMachineSimulator:
 
 async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
-
-
-async def run_simulators(machines: list[Machine], state_dir: Path) -> None:
-    """Run one simulator per machine that has a `simulation` block, until cancelled."""
-    async with asyncio.TaskGroup() as group:
-        for machine in machines:
-            if isinstance(machine, ModbusMachine) and machine.simulation is not None:
-                simulator = ModbusMachineSimulator(machine, truth_path=truth_path(state_dir, machine.id))
-                group.create_task(simulator.run(), name=f"simulator-{machine.id}")

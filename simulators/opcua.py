@@ -58,7 +58,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from copeau.config import Machine, OpcUaMachine, SecurityMode, SecurityPolicy
+from copeau.config import OpcUaMachine, SecurityMode, SecurityPolicy
 from copeau.errors import ServiceError
 from copeau.i18n import t
 from simulators.groundtruth import GroundTruthWriter, truth_path
@@ -795,9 +795,10 @@ class OpcUaWorkshopSimulator:
     async def prepare(self) -> None:
         """Build the server, and the one that a planned restart brings up, without starting them.
 
-        Building blocks the event loop for 1 to 3 s per server (asyncua imports the NodeSets without yielding), so
-        it is done before any machine plays: run() calls it if needed, and `run_opcua_simulators` prepares every
-        server before it runs any. A restart then costs no machine a late cycle."""
+        Building blocks the event loop for 1 to 3 s per server (asyncua imports the NodeSets without yielding),
+        so it is done before any machine plays: run() calls it if needed, and `SimulatedWorkshop`
+        (simulators/workshop.py) prepares every server before it runs any. A restart then costs no machine a
+        late cycle."""
         if self._first is None and self._space is None:
             self._first = await self._build()
             if any(m.simulation.server_restart_after for m in self.machines.values()):
@@ -975,7 +976,7 @@ def make_self_signed(path_dir: Path, common_name: str, uri: str) -> tuple[Path, 
     return cert_path, key_path
 
 
-def _security_for(machines: list[OpcUaMachine], state_dir: Path, url: str) -> dict[str, Any]:
+def security_for(machines: list[OpcUaMachine], state_dir: Path, url: str) -> dict[str, Any]:
     """The simulator's security settings for the machines that share `url`, from what their collectors expect."""
     secured = [m for m in machines if m.security.policy is not SecurityPolicy.NONE]
     if not secured:
@@ -997,20 +998,3 @@ def _security_for(machines: list[OpcUaMachine], state_dir: Path, url: str) -> di
         cert, key = make_self_signed(folder, "server", f"urn:copeau:opcua-simulator:{parsed.port}")
     mixed = len(secured) != len(machines)
     return {"security": "both" if mixed else "encrypted", "certificate": cert, "private_key": key, "users": users}
-
-
-async def run_opcua_simulators(machines: list[Machine], state_dir: Path) -> None:
-    """Run one OPC UA server per url, for the OPC UA machines that have a `simulation` block, until cancelled."""
-    by_url: dict[str, list[OpcUaMachine]] = {}
-    for machine in machines:
-        if isinstance(machine, OpcUaMachine) and machine.simulation is not None:
-            by_url.setdefault(machine.url, []).append(machine)
-    simulators = [
-        OpcUaWorkshopSimulator(members, url=url, state_dir=state_dir, **_security_for(members, state_dir, url))
-        for url, members in by_url.items()
-    ]
-    for simulator in simulators:  # every server is built before any machine plays (see prepare())
-        await simulator.prepare()
-    async with asyncio.TaskGroup() as group:
-        for simulator in simulators:
-            group.create_task(simulator.run(), name=f"opcua-simulator-{simulator.url}")
