@@ -43,7 +43,10 @@ def problems(path: Path) -> list[str]:
 
 def test_the_shipped_demo_config_is_valid() -> None:
     workshop = load_workshop(Path(__file__).parents[2] / "config" / "workshop.yaml")
-    assert [m.id for m in workshop.machines] == ["fraiseuse-1", "fraiseuse-2"]
+    assert [(m.id, m.protocol) for m in workshop.machines] == [
+        ("fraiseuse-1", "modbus"), ("fraiseuse-2", "modbus"), ("tour-1", "opcua"), ("tour-2", "opcua"),
+        ("fraiseuse-3", "opcua"),
+    ]
 
 
 def test_good_file_loads(tmp_path: Path) -> None:
