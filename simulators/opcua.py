@@ -740,7 +740,10 @@ class OpcUaWorkshopSimulator:
         private_key: Path | None = None,
         security: Security = "none",
         users: dict[str, str] | None = None,
+        subscriptions: bool = True,
     ) -> None:
+        """`subscriptions=False` plays a control that refuses subscriptions (BadTooManySubscriptions): clients
+        must poll it."""
         if not machines:
             raise ValueError("no machine to simulate")
         ids = [m.id for m in machines]
@@ -772,6 +775,7 @@ class OpcUaWorkshopSimulator:
         self._certificate = certificate
         self._private_key = private_key
         self._users = dict(users or {})
+        self._subscriptions = subscriptions
         self._clock_ns = clock_ns
         self._application_uri = (
             _certificate_uri(certificate) if certificate is not None else f"urn:copeau:opcua-simulator:{self.port}"
@@ -853,6 +857,8 @@ class OpcUaWorkshopSimulator:
     async def _build(self) -> _AddressSpace:
         server = Server(user_manager=_Users(self._users, anonymous=self.security != "encrypted"))
         await server.init()
+        if not self._subscriptions:
+            server.iserver.max_subscriptions = 0
         # asyncua's clock makes Server.stop() wait up to a second, so `server_stop` would come late: ours (_tick)
         # stops at once.
         server.disable_clock()

@@ -388,3 +388,27 @@ def test_browse_command_prints_a_config_entry_that_works(tmp_path: Path) -> None
     make_workshop(tmp_path, mqtt_port=1, machines=entries)  # the printed entry is a valid configuration
     assert nothing.returncode == 1  # the server is gone: an error, not an empty list
     assert url in nothing.stderr
+
+
+def test_a_server_that_refuses_subscriptions_is_polled(tmp_path: Path, broker: ManagedProcess, influx: Influx) -> None:
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    machines = [opcua_machine("tour-1", "lathe", url, simulation={**SCENARIO, "seed": 8, "parts": 5})]
+    workshop = make_workshop(
+        tmp_path,
+        mqtt_port=broker.port,
+        influx_port=influx.process.port,
+        database=influx.new_database("opc"),
+        machines=machines,
+    )
+    sim = OpcUaWorkshopSimulator(
+        list(workshop.machines),
+        url=url,
+        state_dir=tmp_path,  # type: ignore[arg-type]
+        subscriptions=False,
+    )
+    checked: list[dict[str, Truth]] = []
+    collector = asyncio.run(collect(workshop, sim, check=lambda: checked.append(check_parts_and_quality(workshop))))
+    source = collector._sources["tour-1"]
+    assert isinstance(source, OpcUaSource)
+    assert source.polling  # the server said no: the collector polled, and the counts are still exact
+    assert checked[0]["tour-1"].parts == 5
