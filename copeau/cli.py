@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -118,6 +118,17 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def _serve_until_signal(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `body(stop)` until SIGINT or SIGTERM sets `stop`; `body` must return once `stop` is set."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        await body(stop)
+
+    asyncio.run(run())
+
+
 @app.command()
 def services(
     config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
@@ -129,14 +140,12 @@ def services(
         typer.echo("services.mode est « external » : rien à lancer.", err=True)
         raise typer.Exit(2)
 
-    async def wait() -> None:
-        stop = asyncio.Event()
-        await _until_signal(stop)
+    async def wait(stop: asyncio.Event) -> None:
         await stop.wait()
 
     try:
         with _services(workshop, config):
-            asyncio.run(wait())
+            _serve_until_signal(wait)
     except CopeauError as exc:
         raise _fail(exc) from exc
 
@@ -150,12 +159,7 @@ def collector(
     workshop = _load(config)
     from collectors.runner import Collector
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        await _until_signal(stop)
-        await Collector(workshop).run(stop)
-
-    asyncio.run(run())
+    _serve_until_signal(Collector(workshop).run)
 
 
 @app.command()
@@ -167,17 +171,15 @@ def gateway(
     workshop = _load(config)
     from gateway.service import Gateway
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        await _until_signal(stop)
+    async def run(stop: asyncio.Event) -> None:
         gw = Gateway(workshop)
         gw.start()
         try:
             await stop.wait()
         finally:
-            gw.stop()
+            await asyncio.to_thread(gw.stop)
 
-    asyncio.run(run())
+    _serve_until_signal(run)
 
 
 @app.command()
@@ -189,51 +191,14 @@ def simulate(
     workshop = _load(config)
     from simulators.workshop import SimulatedWorkshop
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        await _until_signal(stop)
+    async def run(stop: asyncio.Event) -> None:
         task = asyncio.create_task(SimulatedWorkshop(workshop).run(), name="simulators")
         await stop.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(run())
-
-
-@app.command()
-def web(
-    config: ConfigOption = DEFAULT_CONFIG,
-    host: Annotated[str | None, typer.Option(help="Adresse d'écoute (défaut : web.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (défaut : web.port, 8080).")] = None,
-    add_maitre: Annotated[
-        str | None,
-        typer.Option("--add-maitre", help="Ajouter ce maître professionnel (mot de passe demandé), puis quitter."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Bornes des machines, pages des maîtres et API JSON (FastAPI). Voir docs/orders-and-kiosk.md."""
-    _logging(verbose, quiet_level=logging.INFO)
-    workshop = _load(config)
-    from orders.errors import OrdersError
-    from web.access import KioskKeyError
-    from web.server import add_maitre as create_maitre
-    from web.server import serve
-
-    if add_maitre:
-        name = typer.prompt("Nom affiché", default=add_maitre)
-        password = typer.prompt("Mot de passe", hide_input=True, confirmation_prompt=True)
-        try:
-            create_maitre(workshop, login=add_maitre, display_name=name, password=password)
-        except OrdersError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(1) from exc
-        typer.echo(f"Maître « {add_maitre} » ajouté.")
-        return
-    try:
-        serve(workshop, host=host, port=port, log_level="debug" if verbose else "info")
-    except KioskKeyError as exc:
-        raise _fail(exc) from exc
+    _serve_until_signal(run)
 
 
 @app.command("opcua-browse")
