@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import urllib.parse
@@ -27,6 +28,16 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, inter
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+
+
+async def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """`wait_until` for async tests: yields to the event loop between polls."""
+    deadline = time.monotonic() + timeout
+    while not (last := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+        await asyncio.sleep(interval)
+    return last
 
 
 @dataclass

@@ -22,7 +22,7 @@ from copeau.services import ManagedProcess, free_port
 from gateway.service import Gateway
 from simulators.groundtruth import Truth, read_truth, truth_path
 from simulators.modbus import ModbusMachineSimulator
-from tests.conftest import Influx, make_workshop, modbus_machine
+from tests.conftest import Influx, make_workshop, modbus_machine, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +61,6 @@ def workshop_for(tmp_path: Path, *, mqtt_port: int, influx: Influx) -> Workshop:
         machines=[wrap, power],
         collector={"reconnect_max_s": RECONNECT_MAX_S},
     )
-
-
-async def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def port_open(port: int) -> bool:

@@ -29,7 +29,7 @@ from copeau.services import ManagedProcess, free_port
 from gateway.service import Gateway
 from simulators.groundtruth import Truth, read_truth, truth_path
 from simulators.opcua import OpcUaWorkshopSimulator, make_self_signed
-from tests.conftest import Influx, make_workshop
+from tests.conftest import Influx, make_workshop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,6 @@ def opcua_machine(machine_id: str, kind: str, url: str, **overrides: Any) -> dic
         "sampling_interval_ms": SAMPLING_MS,
         **overrides,
     }
-
-
-async def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
