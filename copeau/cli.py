@@ -201,6 +201,41 @@ def simulate(
     _serve_until_signal(run)
 
 
+@app.command()
+def web(
+    config: ConfigOption = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Adresse d'écoute (défaut : web.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (défaut : web.port, 8080).")] = None,
+    add_maitre: Annotated[
+        str | None,
+        typer.Option("--add-maitre", help="Ajouter ce maître professionnel (mot de passe demandé), puis quitter."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Bornes des machines, pages des maîtres et API JSON (FastAPI). Voir docs/orders-and-kiosk.md."""
+    _logging(verbose, quiet_level=logging.INFO)
+    workshop = _load(config)
+    from orders.errors import OrdersError
+    from web.access import KioskKeyError
+    from web.server import add_maitre as create_maitre
+    from web.server import serve
+
+    if add_maitre:
+        name = typer.prompt("Nom affiché", default=add_maitre)
+        password = typer.prompt("Mot de passe", hide_input=True, confirmation_prompt=True)
+        try:
+            create_maitre(workshop, login=add_maitre, display_name=name, password=password)
+        except OrdersError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"Maître « {add_maitre} » ajouté.")
+        return
+    try:
+        serve(workshop, host=host, port=port, log_level="debug" if verbose else "info")
+    except KioskKeyError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command("opcua-browse")
 def opcua_browse(url: Annotated[str, typer.Argument(help="opc.tcp://hôte:port")]) -> None:
     """Explore un serveur OPC UA et affiche les machines à ajouter dans workshop.yaml (modèle OPC 40501-1)."""
@@ -224,6 +259,57 @@ def opcua_browse(url: Annotated[str, typer.Argument(help="opc.tcp://hôte:port")
         typer.echo(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False).rstrip())
         for name, node_id in found.items():
             typer.echo(f"    # {name}: {node_id}")
+
+
+# --- dashboards (issue #5) ---------------------------------------------------------------------------------------
+
+dashboards_app = typer.Typer(help="Tableaux Grafana : générer les fichiers, les pousser vers un Grafana.",
+                             no_args_is_help=True)
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("generate")
+def dashboards_generate(
+    check: Annotated[bool, typer.Option("--check", help="Ne rien écrire ; code 1 si les fichiers sont périmés.")]
+    = False,
+) -> None:
+    """Régénère dashboards/generated/ (fr, en) et dashboards/provisioning/."""
+    from dashboards.generate import PACKAGE_DIR, stale_files, write_all
+
+    if check:
+        stale = stale_files()
+        if stale:
+            names = ", ".join(str(p.relative_to(PACKAGE_DIR.parent)) for p in stale)
+            typer.echo(t("dashboards.stale", files=names), err=True)
+            raise typer.Exit(1)
+        typer.echo(t("dashboards.up_to_date"))
+        return
+    typer.echo(t("dashboards.written", n=len(write_all())))
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    *,
+    url: Annotated[str, typer.Option("--url", envvar="GRAFANA_URL", help="http://grafana:3000")],
+    token: Annotated[str, typer.Option("--token", envvar="GRAFANA_TOKEN",
+                                       help="Jeton d'un compte de service Grafana (rôle Editor ou Admin).")],
+    lang: Annotated[list[str] | None, typer.Option("--lang", help="fr, en (répétable). Par défaut : fr.")] = None,
+    influx_url: Annotated[str, typer.Option("--influx-url", help="InfluxDB vu depuis Grafana.")]
+    = "http://127.0.0.1:18086",
+    database: Annotated[str, typer.Option("--database")] = "copeau",
+    influx_user: Annotated[str | None, typer.Option("--influx-user",
+                                                    help="Mot de passe : $COPEAU_INFLUXDB_PASSWORD.")] = None,
+) -> None:
+    """Pousse la source de données et les tableaux vers un Grafana (deux fois de suite : rien en double)."""
+    from dashboards.push import push
+
+    try:
+        report = push(url, token, languages=tuple(lang or ["fr"]), influx_url=influx_url, database=database,
+                      influx_user=influx_user)
+    except CopeauError as exc:
+        raise _fail(exc) from exc
+    typer.echo(t("dashboards.pushed", url=url, datasource=report.datasource, n=len(report.dashboards),
+                 uids=", ".join(report.dashboards)))
 
 
 def main() -> None:

@@ -464,6 +464,22 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "Le serveur ne répond pas. Nouvel essai dans un instant…",
         "en": "The server does not answer. Trying again in a moment…",
     },
+    "dashboards.written": {
+        "fr": "{n} fichier(s) de tableaux générés sous dashboards/.",
+        "en": "{n} dashboard file(s) generated under dashboards/.",
+    },
+    "dashboards.stale": {
+        "fr": "Fichiers générés périmés : {files}. Lancez : copeau dashboards generate",
+        "en": "Generated files are out of date: {files}. Run: copeau dashboards generate",
+    },
+    "dashboards.up_to_date": {
+        "fr": "Les fichiers générés sont à jour.",
+        "en": "The generated files are up to date.",
+    },
+    "dashboards.pushed": {
+        "fr": "Grafana {url} : source de données {datasource}, {n} tableau(x) enregistré(s) ({uids}).",
+        "en": "Grafana {url}: data source {datasource}, {n} board(s) saved ({uids}).",
+    },
 }
 
 

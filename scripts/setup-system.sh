@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, from Debian/Ubuntu packages, what Copeau needs and the machine lacks:
-#   mosquitto (MQTT broker), influxdb (influxd 1.6.7 on Debian 12), python3-venv.
+#   mosquitto (MQTT broker), influxdb (influxd 1.6.7 on Debian 12), python3-venv, and chromium with
+#   chromium-driver (the kiosk's browser test drives /usr/bin/chromium through /usr/bin/chromedriver).
 # Copeau starts its own copies of the servers on its own ports (see docs/operations.md); the system
 # services that apt may start are not used.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 
 if ! command -v python3 >/dev/null 2>&1; then
   need+=(python3)

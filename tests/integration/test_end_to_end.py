@@ -24,7 +24,8 @@ from simulators.groundtruth import Truth, read_truth, truth_path
 from simulators.modbus import ModbusMachineSimulator
 from tests.conftest import Influx, make_workshop, modbus_machine, wait_for
 
-pytestmark = pytest.mark.integration
+# Each test plays 200 parts in real time (about 70 s alone); give a loaded machine room before timing out.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 POLL_S = 0.05
 PARTS_PER_MACHINE = 100
