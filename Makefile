@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installation des dépendances Python dans $(VENV)…"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# grafana-client depends on urllib3-future, whose wheel overwrites urllib3; built from source with this
+	@# variable it installs beside it instead (see pyproject.toml).
+	@URLLIB3_NO_OVERRIDE=1 PIP_NO_BINARY=urllib3-future \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -c 'import urllib3, sys; sys.exit(0 if urllib3.__version__.split(".")[0] == "2" and int(urllib3.__version__.split(".")[1]) < 20 else "urllib3 was replaced by urllib3-future: see pyproject.toml")'
 	@touch $(STAMP)
 
 demo: setup
