@@ -23,6 +23,7 @@ from copeau.influxql import InfluxQuery
 from gateway.service import Gateway
 from simulators.groundtruth import read_truth, truth_path
 from simulators.workshop import SimulatedWorkshop
+from web.demo import DemoWebService
 
 SUMMARY_EVERY_S = 5.0
 
@@ -123,6 +124,21 @@ async def run_demo(
 
     stop = asyncio.Event()
     await until(stop, seconds)
+    # The kiosk service first: simulated apprentices badge in before the machines make their first part, so that
+    # every part says for which job it was made.
+    web = DemoWebService(workshop)
+    await asyncio.to_thread(web.start)
+    try:
+        return await _run(demo, workshop, web, stop)
+    finally:
+        await asyncio.to_thread(web.stop)
+
+
+async def _run(demo: Demo, workshop: Workshop, web: DemoWebService, stop: asyncio.Event) -> bool:
+    await asyncio.to_thread(web.badge_in_apprentices)
+    for line in web.addresses():
+        print(line)
+    print(flush=True)
     sims = SimulatedWorkshop(workshop)
     await sims.prepare()  # OPC UA address spaces take 2–3 s to build: before any machine plays
     gateway = Gateway(workshop)

@@ -68,6 +68,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "  (par exemple : curl -sG {url}/query --data-urlencode db={db} --data-urlencode 'q=SELECT …')",
         "en": "  (for example: curl -sG {url}/query --data-urlencode db={db} --data-urlencode 'q=SELECT …')",
     },
+    "demo.web": {
+        "fr": "Bornes et pages des maîtres : {url} (connexion « {login} », mot de passe « {password} »). Bornes :",
+        "en": "Kiosks and maîtres' pages: {url} (login “{login}”, password “{password}”). Kiosks:",
+    },
     "demo.stopping": {"fr": "Arrêt en cours…", "en": "Stopping…"},
     "demo.check_ok": {
         "fr": "{machine} : {stored} pièces dans InfluxDB, {truth} dans la vérité terrain ({file}) — identique ✔",

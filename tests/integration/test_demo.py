@@ -28,6 +28,7 @@ def demo_config(tmp_path: Path) -> Path:
         "services": {"mode": "managed", "state_dir": str(tmp_path / "var")},
         "mqtt": {"port": free_port()},
         "influxdb": {"port": free_port(), "rpc_port": free_port()},
+        "web": {"port": free_port()},
         "machines": [
             {"id": "f1", "name": "F1", "kind": "mill", "protocol": "modbus", "poll_interval_s": 0.05,
              "endpoint": {"host": "127.0.0.1", "port": free_port()}, "registers": REGISTERS,
@@ -57,6 +58,7 @@ def test_demo_stops_by_itself_and_matches_the_ground_truth(tmp_path: Path) -> No
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SELECT sum(\"count\") FROM \"part\"" in run.stdout  # the query that gives the same numbers
+    assert "/kiosque/f1?cle=" in run.stdout  # the kiosk addresses, with this run's keys
     parts = checked(run.stdout, tmp_path / "var")
     assert sum(parts.values()) >= 4  # ~0.9 s per part for 6 s: something was really made
 
