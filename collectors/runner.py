@@ -43,6 +43,8 @@ from copeau.mqtt import MqttLink, Will
 
 log = logging.getLogger(__name__)
 
+PUBLISH_CHUNK = 20  # outbox rows handed to paho between two chances for the pollers to run
+
 
 @dataclass
 class MachineView:
@@ -295,11 +297,14 @@ class Collector:
             room = max_inflight - len(self._inflight)
             if room <= 0:
                 continue
-            for row in self.outbox.pending(after_id=last_sent, limit=room):
+            for i, row in enumerate(self.outbox.pending(after_id=last_sent, limit=room), start=1):
                 mid = self.link.publish(row.topic, row.payload)
                 self._inflight[mid] = row.id
                 last_sent = row.id
                 self.stats.published += 1
+                if i % PUBLISH_CHUNK == 0:
+                    # A backlog after an outage must not hold the pollers up: a late poll is a wrong cycle time.
+                    await asyncio.sleep(0)
 
     # paho network thread → event loop
 
