@@ -38,6 +38,7 @@ class StationLink:
         self.site = workshop.site.id
         self._machines = {m.id for m in workshop.machines}
         self._pending: set[int] = set()
+        self._acked_early: set[int] = set()  # PUBACKs that arrived before publish() returned their message id
         self._lock = threading.Lock()
         self._all_sent = threading.Condition(self._lock)
         self.on_badge: Callable[[str, BadgeScan], None] | None = None
@@ -63,10 +64,15 @@ class StationLink:
     def publish_context(self, context: JobContext) -> None:
         """Publish a machine's job context, retained, QoS 1 (paho queues it while the broker is away)."""
         topic = control_topic(context.site, context.machine, ControlKind.CONTEXT)
+        # Not under our lock: paho's publish() takes paho's own lock, and paho's network thread holds that lock
+        # while it calls _published(), which takes ours. Holding ours here deadlocked (reproduced). A PUBACK that
+        # arrives before we record the id is kept in _acked_early instead.
+        mid = self.link.publish(topic, context.encode(), qos=1, retain=True)
         with self._lock:
-            # Under our lock, so that the PUBACK callback cannot run before the mid is recorded.
-            mid = self.link.publish(topic, context.encode(), qos=1, retain=True)
-            self._pending.add(mid)
+            if mid in self._acked_early:
+                self._acked_early.discard(mid)
+            else:
+                self._pending.add(mid)
         log.info("job context of %s published: %s", context.machine, context.context.model_dump(exclude_none=True))
 
     def wait_published(self, timeout_s: float) -> bool:
@@ -84,7 +90,10 @@ class StationLink:
 
     def _published(self, mid: int) -> None:
         with self._all_sent:
-            self._pending.discard(mid)
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:
+                self._acked_early.add(mid)
             self._all_sent.notify_all()
 
     def _subscribe(self, _session_present: bool) -> None:

@@ -38,7 +38,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
     from fastapi.testclient import TestClient
 
-pytestmark = pytest.mark.integration
+# About 12 s; a hang anywhere in the pipeline fails after 2 minutes rather than the suite's 5.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 MILL = "fraiseuse-1"
 KEY = "cle-de-la-fraiseuse-1-de-bout-en-bout"
