@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian/Ubuntu packages, what Copeau needs and the machine lacks:
-#   mosquitto (MQTT broker), influxdb (influxd 1.6.7 on Debian 12), python3-venv, and chromium with
-#   chromium-driver (the kiosk's browser test drives /usr/bin/chromium through /usr/bin/chromedriver).
+#   mosquitto (MQTT broker), influxdb (influxd 1.6.7 on Debian 12), python3-venv, chromium with
+#   chromium-driver (the kiosk's browser test drives /usr/bin/chromium through /usr/bin/chromedriver), and
+#   postgresql (the tests also run the orders store on a PostgreSQL server of their own).
 # Copeau starts its own copies of the servers on its own ports (see docs/operations.md); the system
 # services that apt may start are not used.
 set -euo pipefail
@@ -11,6 +12,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 
 if ! command -v python3 >/dev/null 2>&1; then
   need+=(python3)

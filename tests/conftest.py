@@ -82,6 +82,15 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influx]:
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server (tests/postgres.py) for the tests that run the orders store on PostgreSQL."""
+    from tests.postgres import postgres_server  # noqa: PLC0415 - psycopg is needed by these tests only
+
+    with postgres_server() as server:
+        yield server
+
+
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., ManagedProcess]]:
     """Start a fresh mosquitto; returns a factory so that a test can restart one on the same port and state."""

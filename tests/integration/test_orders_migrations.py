@@ -1,6 +1,8 @@
 """Alembic migrations: `upgrade head` on an empty database, and on a database made by the previous revision with
 data in it (0001: people, orders, sessions → 0002: quality declarations and scrap reasons). The migrated schema
 must be exactly what the models describe, and the old rows must still be there and usable.
+
+Each test runs on SQLite (the default store) and on PostgreSQL (the option), both real servers/files.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database on each supported store."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres").new_database("mig"))
+    return f"sqlite:///{tmp_path / 'copeau.sqlite'}"
+
+
 def schema_differences(url: str) -> list[object]:
     engine = make_engine(url)
     try:
@@ -33,8 +43,7 @@ def schema_differences(url: str) -> list[object]:
         engine.dispose()
 
 
-def test_upgrade_an_empty_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+def test_upgrade_an_empty_database(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url, "head")
     assert current_revision(url) == head_revision() == "0002"
@@ -43,21 +52,21 @@ def test_upgrade_an_empty_database(tmp_path: Path) -> None:
     with session_factory(engine)() as db:
         assert [r.code for r in catalog.scrap_reasons(db)] == ["BAVURE", "COTE", "ETAT", "MATIERE", "OUTIL",
                                                                 "REGLAGE"]
-        assert db.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        if url.startswith("sqlite"):
+            assert db.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     engine.dispose()
     upgrade(url, "head")  # again: nothing to do, nothing breaks
     assert current_revision(url) == "0002"
 
 
-def test_upgrade_a_database_made_by_the_previous_revision(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def test_upgrade_a_database_made_by_the_previous_revision(url: str) -> None:
     upgrade(url, "0001")
     engine = make_engine(url)
     assert "quality_declarations" not in inspect(engine).get_table_names()
     with engine.begin() as connection:  # rows as the previous revision wrote them
         connection.execute(text(
             "INSERT INTO apprentices (id, first_name, last_name, badge, code, active, created_at) "
-            "VALUES (1, 'Zoé', 'Lefèvre', 'BADGE-ZOE', 'AP-7KQ3X', 1, '2026-10-01 08:00:00')"))
+            "VALUES (1, 'Zoé', 'Lefèvre', 'BADGE-ZOE', 'AP-7KQ3X', TRUE, '2026-10-01 08:00:00')"))
         connection.execute(text("INSERT INTO customers (id, name) VALUES (1, 'Durand')"))
         connection.execute(text(
             "INSERT INTO orders (id, reference, customer_id, part_number, quantity, due_date, created_at) "
@@ -85,8 +94,7 @@ def test_upgrade_a_database_made_by_the_previous_revision(tmp_path: Path) -> Non
     engine.dispose()
 
 
-def test_downgrade_to_base_and_up_again(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'round.sqlite'}"
+def test_downgrade_to_base_and_up_again(url: str) -> None:
     upgrade(url)
     downgrade(url, "base")
     engine = make_engine(url)

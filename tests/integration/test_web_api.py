@@ -134,12 +134,16 @@ class Harness:
             writer.close()
 
 
-@pytest.fixture
-def web(tmp_path: Path, broker: ManagedProcess, influx: Influx) -> Iterator[Harness]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def web(request: pytest.FixtureRequest, tmp_path: Path, broker: ManagedProcess, influx: Influx) -> Iterator[Harness]:
+    """The service on each relational store Copeau supports: SQLite (the default) and PostgreSQL."""
     database = influx.new_database("web")
     workshop = web_workshop(tmp_path, broker=broker, influx=influx, database=database)
-    app = create_app(workshop, database_url=f"sqlite:///{tmp_path / 'copeau.sqlite'}", mqtt=True, progress=False,
-                     kiosk_keys=KEYS)
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").new_database("web")
+    else:
+        url = f"sqlite:///{tmp_path / 'copeau.sqlite'}"
+    app = create_app(workshop, database_url=url, mqtt=True, progress=False, kiosk_keys=KEYS)
     with TestClient(app) as client:
         codes = seed(app)
         yield Harness(app, client, workshop, database, influx, codes)
