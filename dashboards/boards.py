@@ -7,19 +7,21 @@ drawn at random, so that a push replaces a board instead of adding one.
 What each board reads (docs/data-contract.md):
 
 - Atelier en direct: `state`, `cycle`, `part` per machine; `order_progress` (written by `orders/tracking.py`) for
-  parts done against the order quantity and the ETA.
+  parts done against the order quantity, the ETA, and the standard cycle time the last cycle is set against.
 - Commandes: `order_progress` for progress, ETA, due date and delay (nothing else knows the due date);
   `part` grouped by `order` for parts counted and scrap measured by the machines.
 - Qualité: `part` (scrap = sum(count) − sum(good), on points that carry `good`: only machines that report
   quality have it). Scrap reasons are declared at the kiosk and kept in the orders database, not in InfluxDB:
   the board says so instead of drawing a Pareto.
-- Apprentis: `cycle` and `part` grouped by the pseudonymous `apprentice` tag (never a name: InfluxDB holds none).
+- Apprentis: `cycle` and `part` grouped by the pseudonymous `apprentice` tag (never a name: InfluxDB holds none);
+  `order_progress` for the standard cycle time of each operation.
 - Machines: `state` (timeline), `cycle` (running time), `alarm`, `part` (quality).
 
 Two numbers are proxies, and the boards say so: *utilisation* is the time spent in cycles ending in the range
 over the length of the range (the `running` state is a cycle running), and OEE's *performance* takes the
-fastest completed cycle of the range as the ideal cycle time, because the standard cycle time lives in the
-orders database and `order_progress` does not carry it.
+fastest completed cycle of the range as the ideal cycle time: the standard is on `order_progress` per operation,
+and a Grafana math expression per machine cannot join it to the cycles. Tables can: the panels that set cycle
+times against the standard merge the rows of two queries on (order, operation) in Grafana (`_against_standard`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ Q_LIVE_LAST_CYCLE = (
     f'SELECT last("duration_s") AS "last_cycle_s" FROM "cycle" WHERE {where(CYCLE_END, SITE, MACHINE)} '
     'GROUP BY "machine"'
 )
+# Cycle time against the standard. The standard lives per operation on `order_progress`; InfluxQL cannot join
+# two measurements, so a panel runs both queries and Grafana merges their rows on (order, operation)
+# (`_against_standard`). Only completed cycles are set against the standard: an aborted one says nothing.
+Q_LIVE_LAST_COMPLETED = (
+    'SELECT last("duration_s") AS "last_cycle_s", "order", "operation" FROM "cycle" '
+    f'WHERE {where(CYCLE_END, COMPLETED, SITE, MACHINE)} GROUP BY "machine"'
+)
+Q_STANDARD = (
+    'SELECT last("standard_cycle_s") AS "standard_cycle_s" FROM "order_progress" '
+    f'WHERE {where(SITE, ORDER)} GROUP BY "order", "operation"'
+)
 Q_CYCLE_TIME_BY_MACHINE = (
     f'SELECT mean("duration_s") AS "cycle_s" FROM "cycle" WHERE {where(CYCLE_END, SITE, MACHINE)} '
     'GROUP BY time($__interval), "machine" fill(none)'
@@ -135,6 +148,16 @@ Q_APPRENTICE_CYCLE_TABLE = (
     'SELECT mean("duration_s") AS "mean_s", min("duration_s") AS "best_s", count("duration_s") AS "cycles" '
     f"FROM \"cycle\" WHERE {where(CYCLE_END, COMPLETED, SITE, MACHINE, ORDER, APPRENTICE)} "
     'GROUP BY "apprentice", "order", "operation"'
+)
+# The learning curve against the standard: one line per apprentice and operation, and the operation's standard.
+Q_APPRENTICE_CYCLE_BY_OPERATION = (
+    'SELECT mean("duration_s") AS "cycle_s" FROM "cycle" '
+    f"WHERE {where(CYCLE_END, COMPLETED, SITE, MACHINE, ORDER, APPRENTICE)} "
+    'GROUP BY time($__interval), "apprentice", "order", "operation" fill(none)'
+)
+Q_STANDARD_TREND = (
+    'SELECT last("standard_cycle_s") AS "standard_s" FROM "order_progress" '
+    f'WHERE {where(SITE, ORDER)} GROUP BY time($__interval), "order", "operation" fill(none)'
 )
 Q_PARTS_BY_APPRENTICE = (
     f'SELECT sum("count") AS "parts" FROM "part" WHERE {where(SITE, MACHINE, ORDER, APPRENTICE)} '
@@ -239,6 +262,54 @@ def _columns(
     })
 
 
+def _against_standard(measured: str, *, keep: str) -> list[dashboard.DataTransformerConfig]:
+    """Set a measured cycle time (`measured`, from query A) against the standard (`standard_cycle_s`, query B).
+
+    InfluxQL cannot join `cycle` to `order_progress`, so Grafana does: drop each frame's Time (selectors carry
+    the point's own time, which would split the rows), then `merge`, which keys rows on the fields both frames
+    share (order, operation) and copies the standard into every row of A with that key (A comes first, so two
+    machines or apprentices on one operation both get it); drop the standards of operations A has no row for
+    (`keep` is null there); add `<measured>_vs_standard` = measured / standard (1 = on the standard).
+    """
+    by_name = "byName"
+    return [
+        _transform("organize", {"excludeByName": {"Time": True}}),
+        _transform("merge", {}),
+        _transform("filterByValue", {"type": "exclude", "match": "any", "filters": [
+            {"fieldName": keep, "config": {"id": "isNull", "options": {}}},
+        ]}),
+        _transform("calculateField", {
+            "mode": "binary",
+            "binary": {
+                "left": {"matcher": {"id": by_name, "options": measured}},
+                "operator": "/",
+                "right": {"matcher": {"id": by_name, "options": "standard_cycle_s"}},
+            },
+            "alias": f"{measured}_vs_standard",
+            "timeSeries": False,  # a table: do not join the frames on time first
+        }),
+    ]
+
+
+def _vs_standard_cells(panel: table.Panel, column: str, *, seconds: tuple[str, ...]) -> None:
+    """A ratio to the standard as a percentage, green up to 110 %, red beyond (as on the live board,
+    docs/live-board.md); `seconds` are the columns that hold durations."""
+    panel.override_by_name(column, [
+        dashboard.DynamicConfigValue(id_val="unit", value="percentunit"),
+        dashboard.DynamicConfigValue(id_val="decimals", value=0),
+        dashboard.DynamicConfigValue(id_val="thresholds", value={"mode": "absolute", "steps": [
+            {"color": "green", "value": None}, {"color": "red", "value": 1.1},
+        ]}),
+        dashboard.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+        # no standard (a cycle made without an order): the division gives NaN; show a dash
+        dashboard.DynamicConfigValue(id_val="mappings", value=[
+            {"type": "special", "options": {"match": "nan", "result": {"text": "—", "index": 0}}},
+        ]),
+    ])
+    for name in seconds:
+        panel.override_by_name(name, [dashboard.DynamicConfigValue(id_val="unit", value="s")])
+
+
 def _state_mappings(t: Texts) -> list[dashboard.ValueMapping]:
     return [dashboard.ValueMap(options={
         state: dashboard.ValueMappingResult(text=t(f"state.{state}"), color=colour, index=i)
@@ -310,6 +381,15 @@ def live(t: Texts) -> db.Dashboard:
     ])
     machines.override_by_name("last_cycle_s", [dashboard.DynamicConfigValue(id_val="unit", value="s")])
     board.with_panel(machines)
+
+    standard = _table(t, "live.vs_standard", [InfluxQL(Q_LIVE_LAST_COMPLETED), InfluxQL(Q_STANDARD)], h=7)
+    standard.transformations([
+        *_against_standard("last_cycle_s", keep="machine"),
+        _columns(t, ["machine", "order", "operation", "last_cycle_s", "standard_cycle_s",
+                     "last_cycle_s_vs_standard"]),
+    ])
+    _vs_standard_cells(standard, "last_cycle_s_vs_standard", seconds=("last_cycle_s", "standard_cycle_s"))
+    board.with_panel(standard)
 
     progress = _table(t, "live.progress", [InfluxQL(Q_PROGRESS)], h=8)
     progress.transformations([_columns(t, [
@@ -392,10 +472,24 @@ def apprentices(t: Texts) -> db.Dashboard:
                     unit="s", w=24)
     trend.interval("1h")  # a learning curve is read over days and weeks: at least one point per hour
     board.with_panel(trend)
-    cycles = _table(t, "apprentices.cycle_table", [InfluxQL(Q_APPRENTICE_CYCLE_TABLE)], w=14)
-    cycles.transformations([_columns(t, ["apprentice", "order", "operation", "cycles", "mean_s", "best_s"])])
-    cycles.override_by_name("mean_s", [dashboard.DynamicConfigValue(id_val="unit", value="s")])
-    cycles.override_by_name("best_s", [dashboard.DynamicConfigValue(id_val="unit", value="s")])
+    against = _series(t, "apprentices.vs_standard", [
+        InfluxQL(Q_APPRENTICE_CYCLE_BY_OPERATION).alias("$tag_apprentice · $tag_order/$tag_operation"),
+        InfluxQL(Q_STANDARD_TREND).alias(f"{t('legend.standard')} · $tag_order/$tag_operation"),
+    ], unit="s", w=24)
+    against.interval("1h")
+    against.override_by_query("B", [
+        dashboard.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+        dashboard.DynamicConfigValue(id_val="custom.lineWidth", value=2),
+        dashboard.DynamicConfigValue(id_val="custom.showPoints", value="never"),
+    ])
+    board.with_panel(against)
+    cycles = _table(t, "apprentices.cycle_table", [InfluxQL(Q_APPRENTICE_CYCLE_TABLE), InfluxQL(Q_STANDARD)], w=14)
+    cycles.transformations([
+        *_against_standard("mean_s", keep="apprentice"),
+        _columns(t, ["apprentice", "order", "operation", "cycles", "mean_s", "best_s", "standard_cycle_s",
+                     "mean_s_vs_standard"]),
+    ])
+    _vs_standard_cells(cycles, "mean_s_vs_standard", seconds=("mean_s", "best_s", "standard_cycle_s"))
     board.with_panel(cycles)
     board.with_panel(_bars(t, "apprentices.parts", InfluxQL(Q_PARTS_BY_APPRENTICE).alias("$tag_apprentice"),
                            unit="none", w=10))

@@ -54,6 +54,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "col.due": {"fr": "Date due", "en": "Due"},
     "col.delay_s": {"fr": "Retard (+) / avance (−)", "en": "Late (+) / ahead (−)"},
     "col.cycles": {"fr": "Cycles", "en": "Cycles"},
+    "col.standard_cycle_s": {"fr": "Cycle standard", "en": "Standard cycle"},
+    "col.last_cycle_s_vs_standard": {"fr": "Dernier / standard", "en": "Last / standard"},
+    "col.mean_s_vs_standard": {"fr": "Moyen / standard", "en": "Mean / standard"},
+    # -- series names
+    "legend.standard": {"fr": "Standard", "en": "Standard"},
     "col.mean_s": {"fr": "Cycle moyen", "en": "Mean cycle"},
     "col.best_s": {"fr": "Meilleur cycle", "en": "Best cycle"},
     "col.active": {"fr": "Active", "en": "Active"},
@@ -63,9 +68,18 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "live.machines": {"fr": "Machines maintenant", "en": "Machines now"},
     "live.machines.help": {
         "fr": "Par machine : état, commande, opération et code apprenti du dernier cycle, pièces comptées sur la "
-              "période, durée du dernier cycle (la durée standard n'est pas dans InfluxDB).",
+              "période, durée du dernier cycle (contre le standard : tableau suivant).",
         "en": "Per machine: state, order, operation and apprentice code of the last cycle, parts counted in the "
-              "range, last cycle time (the standard cycle time is not in InfluxDB).",
+              "range, last cycle time (against the standard: next table).",
+    },
+    "live.vs_standard": {"fr": "Dernier cycle contre le standard", "en": "Last cycle against the standard"},
+    "live.vs_standard.help": {
+        "fr": "Par machine : durée du dernier cycle terminé normalement, durée standard de son opération "
+              "(order_progress) et leur rapport (100 % = au standard ; rouge au-delà de 110 %). Vide pour un "
+              "cycle fait sans commande.",
+        "en": "Per machine: time of the last completed cycle, the standard cycle time of its operation "
+              "(order_progress) and their ratio (100 % = on the standard; red above 110 %). Empty for a cycle "
+              "made without an order.",
     },
     "live.progress": {"fr": "Commandes en cours : faites / quantité", "en": "Open orders: done / quantity"},
     "live.progress.help": {
@@ -139,23 +153,36 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "apprentices.about": {"fr": "À propos de ce tableau", "en": "About this board"},
     "apprentices.about.body": {
         "fr": "Seuls les **codes pseudonymes** des apprentis apparaissent ici : InfluxDB ne contient aucun nom. "
-              "La durée standard des opérations est dans la base des commandes, pas dans InfluxDB : comparez "
-              "les apprentis sur une même opération (tableau ci-dessous). Pour voir plusieurs semaines, "
-              "élargissez la période (InfluxDB 3 Core limite les requêtes à 72 h).",
+              "La durée standard de chaque opération vient des points order_progress : les cycles sont mis "
+              "en regard du standard de leur opération (courbes en tirets, colonne « Moyen / standard »). "
+              "Pour voir plusieurs semaines, élargissez la période (InfluxDB 3 Core limite les requêtes à 72 h).",
         "en": "Only the apprentices' **pseudonymous codes** appear here: InfluxDB holds no name. The standard "
-              "cycle time is in the orders database, not in InfluxDB: compare apprentices on the same "
-              "operation (table below). To see several weeks, widen the range (InfluxDB 3 Core limits queries "
-              "to 72 h).",
+              "cycle time of each operation comes from the order_progress points: cycles are set against the "
+              "standard of their operation (dashed lines, “Mean / standard” column). To see several weeks, "
+              "widen the range (InfluxDB 3 Core limits queries to 72 h).",
     },
     "apprentices.cycle_trend": {"fr": "Temps de cycle par apprenti", "en": "Cycle time per apprentice"},
     "apprentices.cycle_trend.help": {
         "fr": "Moyenne des cycles terminés normalement : la courbe d'apprentissage.",
         "en": "Mean of the completed cycles: the learning curve.",
     },
+    "apprentices.vs_standard": {
+        "fr": "Temps de cycle contre le standard, par apprenti et opération",
+        "en": "Cycle time against the standard, per apprentice and operation",
+    },
+    "apprentices.vs_standard.help": {
+        "fr": "Moyenne des cycles terminés normalement, par apprenti et opération (traits pleins), et durée "
+              "standard de l'opération (tirets) : la courbe d'apprentissage. Choisissez une commande pour "
+              "n'en voir que les opérations.",
+        "en": "Mean of the completed cycles, per apprentice and operation (solid lines), and the operation's "
+              "standard cycle time (dashed): the learning curve. Pick an order to see its operations only.",
+    },
     "apprentices.cycle_table": {"fr": "Cycles par apprenti et opération", "en": "Cycles per apprentice and operation"},
     "apprentices.cycle_table.help": {
-        "fr": "Nombre, moyenne et meilleur des cycles terminés, par opération.",
-        "en": "Count, mean and best of the completed cycles, per operation.",
+        "fr": "Nombre, moyenne et meilleur des cycles terminés, par opération, et le rapport de la moyenne au "
+              "standard de l'opération (100 % = au standard).",
+        "en": "Count, mean and best of the completed cycles, per operation, and the mean's ratio to the "
+              "operation's standard (100 % = on the standard).",
     },
     "apprentices.parts": {"fr": "Pièces faites par apprenti", "en": "Parts made per apprentice"},
     "apprentices.parts.help": {"fr": "Somme de count des points part.", "en": "Sum of count of the part points."},
@@ -188,8 +215,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
               "de la période. Sans calendrier des équipes, tout le temps choisi compte comme temps d'ouverture : "
               "choisissez une période d'ouverture de l'atelier.\n"
               "- **Performance** : cycles terminés normalement × cycle le plus rapide de la période / temps de "
-              "ces cycles. La durée standard n'étant pas dans InfluxDB, le meilleur cycle observé sert de "
-              "référence.\n"
+              "ces cycles. La durée standard est connue par opération (order_progress), mais InfluxQL ne sait "
+              "pas la joindre aux cycles d'une machine : le meilleur cycle observé sert de référence.\n"
               "- **Qualité** : pièces bonnes / pièces faites, sur les machines qui comptent les pièces bonnes "
               "(sans ce compteur, la qualité et le TRS restent vides).\n"
               "- **TRS (OEE)** = disponibilité × performance × qualité.",
@@ -197,7 +224,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
               "length of the range. With no shift calendar yet, the whole range counts as opening time: pick a "
               "range when the workshop is open.\n"
               "- **Performance**: completed cycles × fastest cycle of the range / time of those cycles. The "
-              "standard cycle time is not in InfluxDB, so the best observed cycle is the reference.\n"
+              "standard cycle time is known per operation (order_progress), but InfluxQL cannot join it to a "
+              "machine's cycles, so the best observed cycle is the reference.\n"
               "- **Quality**: good parts / parts made, on machines that count good parts (without that counter, "
               "quality and OEE stay empty).\n"
               "- **OEE** = availability × performance × quality.",

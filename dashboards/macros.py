@@ -3,7 +3,8 @@ would send it (Grafana's InfluxDB data source, `datasource.ts`: `getTimeFilter`,
 
 - `$timeFilter`: `time >= now() - 6h and time <= now()` for a relative range `now-6h` → `now`; absolute ends
   become epoch milliseconds (`time >= 1700000000000ms and time <= 1700000600000ms`).
-- `$__interval` (a duration such as `1m`), `$__interval_ms`, `$__range_s`, `$__range_ms`.
+- `$__interval` (a duration such as `1m`), `$__interval_ms`, `$__range_s`, `$__range_ms`; `grafana_interval` gives
+  the interval Grafana picks for a range and a panel width (`rangeUtil.calculateInterval`).
 - A variable that is multi-value or has "All": the custom all value as it is when "All" is selected; otherwise
   each value regex-escaped, and several joined as `(a|b)`. A plain variable: its value as it is.
 """
@@ -117,3 +118,40 @@ def expand(
         raise KeyError(f"query uses ${name}, which is neither a Grafana macro nor a variable: {query}")
 
     return _VARIABLE.sub(replace, query)
+
+
+# Grafana's `rangeutil.roundInterval` (@grafana/data 11.6): (below this many ms, use this interval in ms).
+_ROUNDED_MS = (
+    (10, 1), (15, 10), (35, 20), (75, 50), (150, 100), (350, 200), (750, 500), (1_500, 1_000), (3_500, 2_000),
+    (7_500, 5_000), (12_500, 10_000), (17_500, 15_000), (25_000, 20_000), (45_000, 30_000), (90_000, 60_000),
+    (210_000, 120_000), (450_000, 300_000), (750_000, 600_000), (1_050_000, 900_000), (1_500_000, 1_200_000),
+    (2_700_000, 1_800_000), (5_400_000, 3_600_000), (9_000_000, 7_200_000), (16_200_000, 10_800_000),
+    (32_400_000, 21_600_000), (86_400_000, 43_200_000), (604_800_000, 86_400_000), (1_814_400_000, 604_800_000),
+    (3_628_800_000, 2_592_000_000),
+)
+_YEAR_MS = 31_536_000_000
+_INTERVAL = re.compile(r"^(\d+)(ms|[smhdwy])$")
+_INTERVAL_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
+                "y": _YEAR_MS}
+
+
+def _hms(ms: int) -> str:
+    """Grafana's `secondsToHms`: the largest whole unit only (y, d, h, m, s, ms)."""
+    seconds = ms / 1000
+    for unit, size in (("y", 31_536_000), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{ms}ms"
+
+
+def grafana_interval(range_ms: float, max_data_points: int, min_interval: str | None = None) -> tuple[str, int]:
+    """`$__interval` and `$__interval_ms` as Grafana's `calculateInterval` gives them: the range over the panel's
+    data points (its width in pixels), rounded to a round interval, and at least the panel's minimum interval."""
+    raw = range_ms / max_data_points
+    interval_ms = next((rounded for below, rounded in _ROUNDED_MS if raw < below), _YEAR_MS)
+    if min_interval:
+        match = _INTERVAL.match(min_interval)
+        if match is None:
+            raise ValueError(f"not a Grafana interval: {min_interval!r}")
+        interval_ms = max(interval_ms, int(match.group(1)) * _INTERVAL_MS[match.group(2)])
+    return _hms(interval_ms), interval_ms

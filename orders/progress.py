@@ -11,6 +11,9 @@ Theory of operation, per (order, operation):
 - `eta` = now + remaining / rate (now itself when nothing remains);
 - `delay_s` = eta − due: above 0 the operation will be late by that much, below 0 it has that much margin.
   The due instant is the end of the due day in the school's time zone (`due_instant`).
+
+The point also carries the operation's `standard_cycle_s` and `setup_s`, so that the dashboards can set the cycle
+times the machines measured against the standard (InfluxDB holds no other copy of the orders database).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Progress:
     eta_ns: int
     due_ns: int
     delay_s: float
+    # The operation's standard cycle time and set-up time (orders database), carried on the point so that a
+    # dashboard can set measured cycle times against the standard. None only for a Progress built by hand.
+    standard_cycle_s: float | None = None
+    setup_s: float | None = None
 
     @property
     def late(self) -> bool:
@@ -55,7 +62,7 @@ class Progress:
 
     def fields(self) -> dict[str, bool | int | float | str]:
         """The `order_progress` point's fields (docs/data-contract.md)."""
-        return {
+        fields: dict[str, bool | int | float | str] = {
             "quantity": self.quantity,
             "made": self.made,
             "good": self.good,
@@ -68,6 +75,11 @@ class Progress:
             "delay_s": float(self.delay_s),
             "late": self.late,
         }
+        if self.standard_cycle_s is not None:
+            fields["standard_cycle_s"] = float(self.standard_cycle_s)
+        if self.setup_s is not None:
+            fields["setup_s"] = float(self.setup_s)
+        return fields
 
 
 def recent_rate(parts: Sequence[tuple[int, int]]) -> float | None:
@@ -114,7 +126,7 @@ def compute_progress(
     return Progress(
         order=order, operation=operation, at_ns=now_ns, quantity=quantity, made=made, scrap=scrap, good=good,
         remaining=remaining, rate_per_h=rate * 3600, basis=basis, eta_ns=eta_ns, due_ns=due_ns,
-        delay_s=(eta_ns - due_ns) / NS,
+        delay_s=(eta_ns - due_ns) / NS, standard_cycle_s=standard_cycle_s, setup_s=setup_s,
     )
 
 

@@ -83,6 +83,9 @@ CYCLES = [
 RUNNING_NOW = Cycle("tour-2", 6000, 0, False, 0, None, B10)  # started, not ended: tour-2 is running
 ALARM = ("fraiseuse-1", 3000, 3600)  # raised at T0+3000 s, cleared at T0+3600 s
 MACHINES = ("fraiseuse-1", "tour-1", "tour-2")
+# The operations' standard cycle and set-up times, as the orders database holds them.
+STANDARD_S = {("CMD-A", "10"): 105.0, ("CMD-B", "10"): 200.0, ("CMD-B", "20"): 300.0}
+SETUP_S = {("CMD-A", "10"): 600.0, ("CMD-B", "10"): 900.0, ("CMD-B", "20"): 1200.0}
 
 
 def seed_events() -> list[Event]:
@@ -123,18 +126,22 @@ def seed_progress() -> list[Progress]:
     """order_progress points: an older and a newer one per operation (the boards must show the newer)."""
     hour = 3600 * NS
     out = []
+
+    def standard(order: str, operation: int) -> dict[str, float]:
+        return {"standard_cycle_s": STANDARD_S[(order, str(operation))], "setup_s": SETUP_S[(order, str(operation))]}
+
     for at in (T0_NS + 1800 * NS, T0_NS + 7200 * NS):
         newer = at > T0_NS + 3600 * NS
         out += [
             # CMD-A op 10: due one hour after its ETA on the newer point: at risk (1 h of margin, under 4 h).
             compute_progress(order="CMD-A", operation=10, quantity=10, made=5 if newer else 2, scrap=1 if newer else 0,
-                             due_ns=at + 6 * 105 * NS + hour, now_ns=at, standard_cycle_s=105),
+                             due_ns=at + 6 * 105 * NS + hour, now_ns=at, **standard("CMD-A", 10)),
             # CMD-B op 10: comfortable (two days of margin).
             compute_progress(order="CMD-B", operation=10, quantity=4, made=3 if newer else 1, scrap=1 if newer else 0,
-                             due_ns=at + 48 * hour, now_ns=at, standard_cycle_s=200),
+                             due_ns=at + 48 * hour, now_ns=at, **standard("CMD-B", 10)),
             # CMD-B op 20: late (due an hour ago).
             compute_progress(order="CMD-B", operation=20, quantity=8, made=4, scrap=0,
-                             due_ns=at - hour, now_ns=at, standard_cycle_s=300),
+                             due_ns=at - hour, now_ns=at, **standard("CMD-B", 20)),
         ]
     return out
 
@@ -307,6 +314,65 @@ def test_cycle_time_per_apprentice_and_operation(db: InfluxQuery) -> None:
     durations = [c.duration_s for c in completed() if c.ctx is None]
     expected[("", "", "")] = (len(durations), pytest.approx(sum(durations) / len(durations)), min(durations))
     assert got == expected
+
+
+def against_standard(
+    rows: list[dict[str, Any]], measured: str, standards: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """What the panel's transformations (`boards._against_standard`) do with the two queries' rows: each row of the
+    cycle query gets the standard of its (order, operation) and the ratio; a row with no standard gets neither."""
+    by_operation = {(s["order"], s["operation"]): s["standard_cycle_s"] for s in standards}
+    out = []
+    for row in rows:
+        standard = by_operation.get((row["order"], row["operation"]))
+        ratio = row[measured] / standard if standard is not None else None
+        out.append({**row, "standard_cycle_s": standard, f"{measured}_vs_standard": ratio})
+    return out
+
+
+def test_cycle_time_against_the_standard(db: InfluxQuery) -> None:
+    standards = run(db, boards.Q_STANDARD)
+    assert {(r["order"], r["operation"]): r["standard_cycle_s"] for r in standards} == STANDARD_S
+    # Atelier en direct: the last completed cycle of each machine against the standard of its operation.
+    live = against_standard(run(db, boards.Q_LIVE_LAST_COMPLETED), "last_cycle_s", standards)
+    got = {r["machine"]: (r["last_cycle_s"], r["standard_cycle_s"], r["last_cycle_s_vs_standard"]) for r in live}
+    expected: dict[str, tuple[float, float | None, float | None]] = {}
+    for m in MACHINES:
+        last = max(completed(m), key=lambda c: c.start_s)
+        std = STANDARD_S.get((key_of(last, "order"), key_of(last, "operation")))
+        expected[m] = (last.duration_s, std, None if std is None else last.duration_s / std)
+    assert set(got) == set(expected)
+    for m in MACHINES:
+        assert got[m] == pytest.approx(expected[m]), m
+    assert got["tour-1"] == pytest.approx((105, 105, 1.0))  # on the standard
+    assert got["tour-2"] == pytest.approx((210, 200, 1.05))  # 5 % slower; its aborted 180 s cycle does not count
+    assert got["fraiseuse-1"] == (290, None, None)  # made without a job: no standard to compare with
+
+    # Apprentis: mean cycle per apprentice and operation against the standard.
+    table = against_standard(run(db, boards.Q_APPRENTICE_CYCLE_TABLE), "mean_s", standards)
+    got_table = {(r["apprentice"], r["order"], r["operation"]): r["mean_s_vs_standard"] for r in table
+                 if r["order"]}
+    expected_table = {}
+    for ctx in (A10, B10, B20):
+        durations = [c.duration_s for c in completed() if c.ctx == ctx]
+        expected_table[(ctx.apprentice, ctx.order, str(ctx.operation))] = (
+            sum(durations) / len(durations) / STANDARD_S[(ctx.order, str(ctx.operation))])
+    assert got_table == pytest.approx(expected_table)  # AP-01 on CMD-A/10: 106 s for 105 s; on CMD-B/20: 305 for 300
+
+    # Apprentis, over time: each completed cycle in its bucket, per apprentice and operation, beside the standard.
+    trend = run(db, boards.Q_APPRENTICE_CYCLE_BY_OPERATION)
+    minute = 60 * NS
+    got_trend = {(r["apprentice"], r["order"], r["operation"], r["time"]): r["cycle_s"] for r in trend}
+    expected_trend = {}
+    for c in completed():
+        end_ns = T0_NS + round((c.start_s + c.duration_s) * NS)
+        expected_trend[(key_of(c, "apprentice"), key_of(c, "order"), key_of(c, "operation"),
+                        end_ns // minute * minute)] = c.duration_s  # the seed's cycles are minutes apart
+    assert got_trend == pytest.approx(expected_trend)
+    lines: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in run(db, boards.Q_STANDARD_TREND):
+        lines[(r["order"], r["operation"])].append(r["standard_s"])
+    assert lines == {key: [std, std] for key, std in STANDARD_S.items()}  # two progress points per operation
 
 
 def test_utilisation_and_oee_factors(db: InfluxQuery) -> None:

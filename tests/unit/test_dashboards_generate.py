@@ -161,3 +161,25 @@ def test_provisioning_files_point_at_copeau_influxdb_with_the_password_from_the_
 def test_generated_json_reads_back_as_json(lang: str) -> None:
     for path in sorted((GENERATED_DIR / lang).glob("*.json")):
         assert json.loads(Path(path).read_text(encoding="utf-8"))["schemaVersion"] >= 39
+
+
+def test_panels_against_the_standard_merge_the_standard_after_the_cycles() -> None:
+    """Grafana's `merge` copies B's standard into every row of A with the same (order, operation) only when A's rows
+    come first, and keys rows on every field both frames share: Time must be gone, order and operation there."""
+    found = 0
+    for lang, name, board in all_boards():
+        for panel in board["panels"]:
+            queries = [t.get("query") for t in panel.get("targets", [])]
+            if boards.Q_STANDARD not in queries:
+                continue
+            found += 1
+            assert queries.index(boards.Q_STANDARD) == len(queries) - 1 == 1, (lang, name, panel["title"])
+            assert all(t["resultFormat"] == "table" for t in panel["targets"])
+            ids = [tr["id"] for tr in panel["transformations"]]
+            assert ids[:4] == ["organize", "merge", "filterByValue", "calculateField"], ids
+            assert panel["transformations"][0]["options"] == {"excludeByName": {"Time": True}}
+            measured = panel["transformations"][3]["options"]["binary"]["left"]["matcher"]["options"]
+            cycles = str(queries[0])
+            assert f'AS "{measured}"' in cycles and '"order"' in cycles and '"operation"' in cycles
+            assert panel["transformations"][3]["options"]["alias"] == f"{measured}_vs_standard"
+    assert found == 2 * len(LANGUAGES)  # Atelier en direct and Apprentis, in each language

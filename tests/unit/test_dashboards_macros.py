@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dashboards.macros import ALL, TimeRange, Variable, expand, regex_escape, variable_value
+from dashboards.macros import ALL, TimeRange, Variable, expand, grafana_interval, regex_escape, variable_value
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -38,3 +38,19 @@ def test_expand_replaces_macros_and_refuses_unknown_names() -> None:
         expand("SELECT 1 WHERE $apprentice", time_range=TimeRange("now-1h"), now=NOW, interval="1s",
                interval_ms=1000, variables={})
     assert ALL == "$__all"
+
+
+@pytest.mark.parametrize(("range_ms", "points", "min_interval", "expected"), [
+    # Answers of Grafana's own `rangeUtil.calculateInterval` (@grafana/data 11.6.16, run under Node).
+    (12 * 3_600_000, 1850, None, ("20s", 20_000)),
+    (72 * 3_600_000, 1850, None, ("2m", 120_000)),
+    (72 * 3_600_000, 925, "1h", ("1h", 3_600_000)),
+    (12 * 3_600_000, 308, None, ("2m", 120_000)),
+    (90 * 86_400_000, 1000, None, ("2h", 7_200_000)),
+    (6 * 3_600_000, 1850, "10s", ("10s", 10_000)),
+    (3_600_000, 1850, None, ("2s", 2_000)),
+])
+def test_interval_as_grafana_computes_it(
+    range_ms: int, points: int, min_interval: str | None, expected: tuple[str, int],
+) -> None:
+    assert grafana_interval(range_ms, points, min_interval) == expected

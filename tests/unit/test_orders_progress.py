@@ -91,8 +91,17 @@ def test_the_order_progress_point() -> None:
     assert line == (
         'order_progress,operation=10,order=CMD-1,site=ecole basis="recent",delay_s=-50160.0,'
         f"due_ts={ns('2026-03-02T23:00:00+00:00')}i,eta_ts={ns('2026-03-02T09:04:00+00:00')}i,good=36i,late=false,"
-        f"made=40i,quantity=100i,rate_per_h=60.0,remaining=64i,scrap=4i {NOW}"
+        f"made=40i,quantity=100i,rate_per_h=60.0,remaining=64i,scrap=4i,setup_s=0.0,standard_cycle_s=42.5 {NOW}"
     )
+
+
+def test_the_point_carries_the_standard_and_the_setup_time() -> None:
+    p = compute_progress(order="CMD-1", operation=20, quantity=10, made=0, scrap=0, due_ns=NOW, now_ns=NOW,
+                         standard_cycle_s=42.5, setup_s=900)
+    assert (p.standard_cycle_s, p.setup_s) == (42.5, 900)
+    assert p.fields()["standard_cycle_s"] == 42.5
+    assert p.fields()["setup_s"] == 900.0
+    assert isinstance(p.fields()["setup_s"], float)  # a float field on every point: InfluxDB keeps one type
 
 
 def test_nonsense_inputs_are_refused() -> None:
