@@ -7,6 +7,16 @@ them when the broker acknowledges them. A broker outage therefore only makes the
 
 A machine that cannot be read is published once as `offline` (never as stale values), logged once on loss
 and once on recovery, and retried with a full-jitter backoff capped at `collector.reconnect_max_s` (2 s by default).
+
+The outbox has a limit (`collector.outbox_max_mb`, `collector.spool_min_free_mb`): beyond it the oldest
+telemetry is shed, never a part or an alarm, and never an event handed to the broker and not yet acknowledged
+(collectors/outbox.py has the policy).
+
+Every `collector.health_interval_s` a health report (copeau/contract.py `CollectorHealth`: outbox depth,
+events shed, reconnects, each machine's last reading and last event) is published, retained, on
+copeau/v1/<site>/health/collector/<id>. While the broker is unreachable the reports are kept in memory (the
+last `HEALTH_BACKLOG`) and published when it returns, with their own times, followed by a fresh one: the
+gateway stores them all, so InfluxDB shows how the outbox grew during the outage.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,11 +32,14 @@ from pathlib import Path
 from collectors.core import Derived, Deriver, Sample, Snapshot
 from collectors.modbus import ModbusSource
 from collectors.opcua import OpcUaSource
-from collectors.outbox import Outbox
+from collectors.outbox import MB, Message, Outbox, ShedClass, shed_class
 from collectors.source import MachineSource, StreamingSource
 from copeau.backoff import full_jitter
 from copeau.config import Machine, ModbusMachine, Workshop
 from copeau.contract import (
+    CollectorHealth,
+    CollectorMachineHealth,
+    CollectorMetrics,
     ContractError,
     ControlKind,
     CycleData,
@@ -35,6 +49,7 @@ from copeau.contract import (
     JobContext,
     MachineState,
     PartData,
+    age_s,
     control_topic,
     status_topic,
 )
@@ -44,6 +59,7 @@ from copeau.mqtt import MqttLink, Will
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 20  # outbox rows handed to paho between two chances for the pollers to run
+HEALTH_BACKLOG = 360  # health reports kept while the broker is unreachable (one hour at the default 10 s)
 
 
 @dataclass
@@ -58,6 +74,11 @@ class MachineView:
     last_sample_ts: int | None = None
     polls: int = 0
     missed_intervals: int = 0
+    readable: bool | None = None  # whether the last reading succeeded (None before the first)
+    reconnects: int = 0  # times the machine became readable again after it could not be read
+    last_read_ts: int | None = None  # time of the last good reading
+    last_event_ts: int | None = None  # time of the last event derived
+    next_seq: int = 0  # the sequence number of the machine's next event
 
 
 @dataclass
@@ -105,9 +126,18 @@ class Collector:
                 self._sources[m.id] = OpcUaSource(
                     m, clock_ns=clock_ns, reconnect_max_s=workshop.collector.reconnect_max_s
                 )
-        self.outbox = Outbox(outbox or outbox_path(workshop))
+        settings = workshop.collector
+        self.outbox = Outbox(
+            outbox or outbox_path(workshop),
+            max_bytes=int(settings.outbox_max_mb * MB),
+            min_free_bytes=int(settings.spool_min_free_mb * MB),
+        )
         self.stats = CollectorStats(views={m.id: MachineView() for m in workshop.machines})
         self._inflight: dict[int, int] = {}  # MQTT message id → outbox row id
+        self._handing: set[int] = set()  # outbox rows read by the publisher and about to be handed to paho
+        self._started = time.monotonic()
+        self._closed = False
+        self._health_backlog: deque[CollectorHealth] = deque(maxlen=HEALTH_BACKLOG)
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,11 +173,13 @@ class Collector:
                     for i, m in enumerate(self.workshop.machines)
                 ]
                 publisher = tg.create_task(self._publish_loop(), name="publish")
+                reporter = tg.create_task(self._health_loop(), name="health")
                 await stop.wait()
                 for task in pollers:
                     task.cancel()
                 await self._drain(drain_timeout_s)
                 publisher.cancel()
+                reporter.cancel()
         finally:
             await self._shutdown()
 
@@ -172,6 +204,7 @@ class Collector:
         self.link.stop()
         for source in self._sources.values():
             await source.close()
+        self._closed = True
         self.outbox.close()
 
     # -- reading machines
@@ -180,13 +213,9 @@ class Collector:
         record = self.outbox.machine(machine.id)
         snapshot = Snapshot.from_dict(record.snapshot).after_restart() if record else None
         deriver = Deriver(counter_modulus=machine.counter_modulus, wrap_window=machine.wrap_window, snapshot=snapshot)
-        return _Track(
-            machine=machine,
-            deriver=deriver,
-            seq=record.next_seq if record else 0,
-            committed=deriver.snapshot,
-            view=self.stats.views[machine.id],
-        )
+        view = self.stats.views[machine.id]
+        view.next_seq = record.next_seq if record else 0
+        return _Track(machine=machine, deriver=deriver, seq=view.next_seq, committed=deriver.snapshot, view=view)
 
     async def _poll(self, machine: Machine, *, offset_s: float) -> None:
         """Read a polled machine (Modbus) at its interval, staggered by `offset_s`."""
@@ -238,8 +267,15 @@ class Collector:
             )
         view.polls += 1
         view.last_sample_ts = sample.ts
+        if sample.available:
+            if view.readable is False:
+                view.reconnects += 1
+            view.readable = True
+            view.last_read_ts = sample.ts
+        else:
+            view.readable = False
         if events or _resume_point_moved(track.committed, deriver.snapshot):
-            messages = []
+            messages: list[Message] = []
             for d in events:
                 event = Event(
                     site=self.workshop.site.id,
@@ -250,11 +286,18 @@ class Collector:
                     data=d.data,
                     ctx=self._current_context(machine.id),
                 )
-                messages.append((event.topic, event.encode()))
+                messages.append(Message(event.topic, event.encode(), shed_class(event)))
                 track.seq += 1
                 _update_view(view, d)
-            self.outbox.commit(machine.id, next_seq=track.seq, snapshot=deriver.snapshot.to_dict(), messages=messages)
+            self.outbox.commit(
+                machine.id,
+                next_seq=track.seq,
+                snapshot=deriver.snapshot.to_dict(),
+                messages=messages,
+                keep=self._sending(),
+            )
             track.committed = deriver.snapshot
+            view.next_seq = track.seq
             if messages:
                 self._wake.set()
         view.state = deriver.snapshot.state
@@ -297,14 +340,96 @@ class Collector:
             room = max_inflight - len(self._inflight)
             if room <= 0:
                 continue
-            for i, row in enumerate(self.outbox.pending(after_id=last_sent, limit=room), start=1):
-                mid = self.link.publish(row.topic, row.payload)
-                self._inflight[mid] = row.id
-                last_sent = row.id
-                self.stats.published += 1
-                if i % PUBLISH_CHUNK == 0:
-                    # A backlog after an outage must not hold the pollers up: a late poll is a wrong cycle time.
-                    await asyncio.sleep(0)
+            rows = self.outbox.pending(after_id=last_sent, limit=room)
+            self._handing = {row.id for row in rows}  # the pollers' commits must not shed these meanwhile
+            try:
+                for i, row in enumerate(rows, start=1):
+                    mid = self.link.publish(row.topic, row.payload)
+                    self._inflight[mid] = row.id
+                    self._handing.discard(row.id)
+                    last_sent = row.id
+                    self.stats.published += 1
+                    if i % PUBLISH_CHUNK == 0:
+                        # A backlog after an outage must not hold the pollers up: a late poll is a wrong cycle
+                        # time.
+                        await asyncio.sleep(0)
+            finally:
+                self._handing = set()
+
+    def _sending(self) -> set[int]:
+        """Outbox rows that must not be shed: handed to the broker (or about to be) and not acknowledged."""
+        return {*self._inflight.values(), *self._handing}
+
+    # -- health
+
+    async def _health_loop(self) -> None:
+        interval = self.workshop.collector.health_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + interval, loop.time())
+            if self.outbox.unsaved_events:
+                self.outbox.flush(keep=self._sending())  # the disk may accept the held events again
+            self._report_health()
+
+    def _report_health(self) -> None:
+        """Publish a health report now, after those kept while the broker was unreachable; or keep it."""
+        if self._closed:
+            return
+        report = self.health()
+        if not self.link.connected.is_set():
+            self._health_backlog.append(report)
+            return
+        while self._health_backlog:
+            old = self._health_backlog.popleft()
+            self.link.publish(old.topic, old.encode(), qos=1, retain=False)
+        self.link.publish(report.topic, report.encode(), qos=1, retain=True)
+
+    def health(self) -> CollectorHealth:
+        """The collector's health report now (copeau/contract.py CollectorHealth)."""
+        box = self.outbox.stats()
+        now = self._clock_ns()
+        machines = {}
+        for machine_id, view in self.stats.views.items():
+            shed = {cls: box.shed.get((machine_id, cls), 0) for cls in ShedClass}
+            machines[machine_id] = CollectorMachineHealth(
+                readable=bool(view.readable),
+                next_seq=view.next_seq,
+                reconnects=view.reconnects,
+                polls=view.polls,
+                missed_intervals=view.missed_intervals,
+                last_read_ts=view.last_read_ts,
+                last_event_ts=view.last_event_ts,
+                last_read_age_s=age_s(now, view.last_read_ts),
+                last_event_age_s=age_s(now, view.last_event_ts),
+                shed_cycle_start=shed[ShedClass.CYCLE_START],
+                shed_state=shed[ShedClass.STATE],
+                shed_cycle_end=shed[ShedClass.CYCLE_END],
+            )
+        metrics = CollectorMetrics(
+            outbox_events=box.events,
+            outbox_bytes=box.bytes,
+            outbox_file_bytes=box.file_bytes,
+            outbox_limit_bytes=box.limit_bytes,
+            disk_free_bytes=box.disk_free_bytes or 0,
+            spool_level=box.level,
+            shed_events=box.shed_events,
+            unsaved_events=box.unsaved_events,
+            published=self.stats.published,
+            acknowledged=self.stats.acknowledged,
+            mqtt_connected=self.link.connected.is_set(),
+            mqtt_reconnects=self.link.reconnects,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+        return CollectorHealth(
+            site=self.workshop.site.id,
+            service=self.workshop.collector.id,
+            ts=now,
+            interval_s=self.workshop.collector.health_interval_s,
+            metrics=metrics,
+            machines=machines,
+        )
 
     # paho network thread → event loop
 
@@ -322,6 +447,8 @@ class Collector:
             self.link.client.subscribe(control_topic(self.workshop.site.id, m.id, ControlKind.CONTEXT), qos=1)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+            # At once: the reports kept during the outage, then how things stand now.
+            self._loop.call_soon_threadsafe(self._report_health)
 
     # -- job context
 
@@ -362,6 +489,7 @@ def _resume_point_moved(old: Snapshot, new: Snapshot) -> bool:
 
 
 def _update_view(view: MachineView, d: Derived) -> None:
+    view.last_event_ts = d.ts
     if isinstance(d.data, PartData):
         view.parts += d.data.count
         if d.data.good is not None:

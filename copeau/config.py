@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from copeau.contract import SLUG_PATTERN
 from copeau.i18n import lang
@@ -35,26 +36,147 @@ class ServicesMode(StrEnum):
     EXTERNAL = "external"  # Copeau connects to the broker and InfluxDB named below (production)
 
 
+class Profile(StrEnum):
+    """How locked the doors are. See docs/configuration.md, « Profil production »."""
+
+    DEMO = "demo"  # anonymous MQTT, InfluxDB without authentication: one PC, loopback only (demo, tests)
+    PRODUCTION = "production"  # an account per role, broker ACL, InfluxDB auth, secrets checked
+
+
 class Services(BaseModel):
     model_config = _FROZEN
     mode: ServicesMode = ServicesMode.MANAGED
+    profile: Profile = Profile.DEMO
     # Where managed services, outboxes, dead letters and ground truth live. Relative to the working directory.
     state_dir: Path = Path("var")
 
 
+# systemd sets this for a unit with LoadCredential=: one file per credential, readable by the unit's user only.
+CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
+
+
 class Secret(BaseModel):
-    """Where a secret comes from: an environment variable or a file. Never the YAML itself."""
+    """Where a secret comes from: an environment variable, a systemd credential or a file. Never the YAML itself.
+
+    Looked up in that order; the first source that holds a value wins. A `file` that does not exist holds no
+    value; one that exists but cannot be read raises OSError (a wrong owner must not look like "no password").
+    """
 
     model_config = _FROZEN
-    env: str | None = None
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Name of a systemd credential (LoadCredential=NAME:/path): read from $CREDENTIALS_DIRECTORY/NAME.
+    credential: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
     file: Path | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> Secret:
+        if not (self.env or self.credential or self.file):
+            raise ValueError("indiquez d'où vient le secret : env, credential ou file (jamais la valeur elle-même)")
+        return self
 
     def read(self) -> str | None:
         if self.env and os.environ.get(self.env):
             return os.environ[self.env]
+        directory = os.environ.get(CREDENTIALS_DIRECTORY)
+        if self.credential and directory and (Path(directory) / self.credential).is_file():
+            return (Path(directory) / self.credential).read_text(encoding="utf-8").strip()
         if self.file:
-            return self.file.read_text().strip()
+            try:
+                return self.file.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                return None
         return None
+
+    def describe(self) -> str:
+        """Where the secret is looked for, for messages (never its value)."""
+        where = []
+        if self.env:
+            where.append(f"variable {self.env}")
+        if self.credential:
+            where.append(f"credential systemd {self.credential}")
+        if self.file:
+            where.append(f"fichier {self.file}")
+        return ", ".join(where)
+
+
+# Values that are examples, not secrets (compared lower-cased; a value containing one of the first group is refused).
+_PLACEHOLDER_PARTS = ("changeme", "change-me", "change_me", "changez", "placeholder", "remplacer", "replace-me",
+                      "replace_me", "example", "exemple", "xxxx", "todo", "secret-here")
+_PLACEHOLDER_VALUES = frozenset({"secret", "password", "passw0rd", "motdepasse", "mot-de-passe", "admin", "root",
+                                 "copeau", "mosquitto", "influxdb", "test", "demo", "123456", "12345678",
+                                 "azerty", "qwerty"})
+MIN_PASSWORD_LENGTH = 12
+
+
+def secret_problem(value: str, *, min_length: int = 1) -> str | None:
+    """Why `value` cannot be a production secret (French), or None. Never quotes the value."""
+    lowered = value.strip().lower()
+    if not lowered:
+        return "le secret est vide"
+    if (
+        lowered in _PLACEHOLDER_VALUES
+        or any(part in lowered for part in _PLACEHOLDER_PARTS)
+        or (lowered.startswith("<") and lowered.endswith(">"))
+        or len(set(lowered)) < 4
+    ):
+        return "le secret est une valeur d'exemple, pas un vrai secret (`copeau security secrets` en génère)"
+    if len(value) < min_length:
+        return f"le secret est trop court (au moins {min_length} caractères ; `copeau security secrets` en génère)"
+    return None
+
+
+class MqttAccount(BaseModel):
+    """An MQTT user name and where its password comes from."""
+
+    model_config = _FROZEN
+    # A slug: user names are written into the broker's ACL, where `/`, `+` or `#` would change the rules.
+    username: Slug
+    password: Secret
+
+
+class CollectorAccount(BaseModel):
+    """A collector's MQTT account. Its user name is the collector's id (`copeau collector --id ID`): the broker's
+    ACL lets it publish the events of `machines` only, and its own status (`…/collectors/%u/status`)."""
+
+    model_config = _FROZEN
+    id: Slug
+    password: Secret
+    machines: list[Slug] = Field(min_length=1)
+
+
+class BadgeReaderAccount(BaseModel):
+    """A hardware badge reader at a machine. Its user name is the machine's id (`…/%u/badge` in the ACL)."""
+
+    model_config = _FROZEN
+    machine: Slug
+    password: Secret
+
+
+class MqttAccounts(BaseModel):
+    """Production profile: one MQTT account per role. `copeau security mosquitto` (or the managed broker) turns
+    them into the broker's password file and ACL."""
+
+    model_config = _FROZEN
+    gateway: MqttAccount
+    web: MqttAccount | None = None
+    collectors: list[CollectorAccount] = Field(min_length=1)
+    badge_readers: list[BadgeReaderAccount] = []
+
+
+class MqttTls(BaseModel):
+    """MQTT over TLS. Clients check the broker's certificate against `ca_file`; the managed broker presents
+    `cert_file` with `key_file` (an external broker has its own settings)."""
+
+    model_config = _FROZEN
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file et key_file vont ensemble (le certificat du broker et sa clé privée)")
+        return self
 
 
 class MqttSettings(BaseModel):
@@ -66,6 +188,28 @@ class MqttSettings(BaseModel):
     keepalive_s: int = Field(default=15, ge=5, le=600)
     # Managed broker only: how much a disconnected durable subscriber (the gateway) may have queued.
     max_queued_mb: int = Field(default=512, ge=1)
+    accounts: MqttAccounts | None = None  # production profile: one account per role
+    tls: MqttTls | None = None
+
+
+InfluxUser = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+
+
+class InfluxAccount(BaseModel):
+    model_config = _FROZEN
+    username: InfluxUser
+    password: Secret
+
+
+class InfluxAccounts(BaseModel):
+    """Production profile: InfluxDB 1.x users, each with the least it needs on `influxdb.database`."""
+
+    model_config = _FROZEN
+    # Creates the database and the users below (managed influxd, `copeau security influxdb`); no service uses it.
+    admin: InfluxAccount | None = None
+    gateway: InfluxAccount  # WRITE: stores the events
+    web: InfluxAccount | None = None  # ALL (read and write): reads parts, writes order progress
+    grafana: InfluxAccount | None = None  # READ: the dashboards
 
 
 class InfluxSettings(BaseModel):
@@ -77,6 +221,7 @@ class InfluxSettings(BaseModel):
     password: Secret = Secret(env="COPEAU_INFLUXDB_PASSWORD")
     # Managed influxd only: its backup/RPC port (it always opens one).
     rpc_port: int = Field(default=18088, ge=1, le=65535)
+    accounts: InfluxAccounts | None = None  # production profile: one account per role
 
     @property
     def url(self) -> str:
@@ -324,6 +469,16 @@ class CollectorSettings(BaseModel):
     # Longest wait between two attempts to read a machine that does not answer (full-jitter backoff).
     # Short enough to see the first cycle after a machine comes back; long enough not to hammer a dead network.
     reconnect_max_s: float = Field(default=2.0, ge=0.01, le=300)
+    # The outbox's limit: topic + payload of the queued events (the SQLite file takes 1.2 to 2.5 times this, see
+    # docs/configuration.md).
+    # Beyond it the oldest telemetry is shed (never a part or an alarm): see collectors/outbox.py.
+    # 512 MB is about two weeks of a 20-machine workshop whose broker is unreachable.
+    outbox_max_mb: float = Field(default=512.0, gt=0)
+    # Free space to leave on the outbox's filesystem: below it the outbox stops growing (it sheds instead).
+    # 0 = no such check.
+    spool_min_free_mb: float = Field(default=512.0, ge=0)
+    # How often the collector publishes its health report (copeau/v1/<site>/health/collector/<id>).
+    health_interval_s: float = Field(default=10.0, ge=0.05, le=3600)
 
 
 class GatewaySettings(BaseModel):
@@ -332,6 +487,8 @@ class GatewaySettings(BaseModel):
     # Session kept by the broker while the gateway is away (MQTT 5 session expiry), in hours.
     session_expiry_h: int = Field(default=168, ge=1)
     max_batch_lines: int = Field(default=5000, ge=1, le=100_000)
+    # How often the gateway publishes its health report (copeau/v1/<site>/health/gateway/<client_id>).
+    health_interval_s: float = Field(default=10.0, ge=0.05, le=3600)
 
 
 class WebSettings(BaseModel):
@@ -362,7 +519,7 @@ class WebSettings(BaseModel):
     def _known_timezone(self) -> WebSettings:
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: "Europe" is a folder
             raise ValueError(f"timezone: fuseau horaire inconnu « {self.timezone} » (ex. Europe/Paris)") from exc
         return self
 
@@ -379,6 +536,7 @@ class Workshop(BaseModel):
     gateway: GatewaySettings = GatewaySettings()
     machines: list[Machine] = Field(min_length=1)
     web: WebSettings = WebSettings()
+    _origin: ConfigOrigin | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Workshop:
@@ -402,11 +560,30 @@ class Workshop(BaseModel):
                 if key in names:
                     raise ValueError(f"machines: {m.id} et {names[key]} désignent la même machine sur {m.url}")
                 names[key] = m.id
-        if self.services.mode is ServicesMode.MANAGED:
+        if self.services.mode is ServicesMode.MANAGED and self.services.profile is Profile.DEMO:
+            # Without authentication, a managed server must not be reachable from the network.
             for name, host in (("mqtt.host", self.mqtt.host), ("influxdb.host", self.influxdb.host)):
                 if not _is_loopback(host):
-                    raise ValueError(f"{name}: en mode managed, les services écoutent en local seulement (127.0.0.1)")
+                    raise ValueError(
+                        f"{name}: en mode managed avec le profil demo, les services écoutent en local seulement "
+                        "(127.0.0.1) ; passez services.profile à production pour les ouvrir au réseau"
+                    )
         return self
+
+    @model_validator(mode="after")
+    def _production_checks(self) -> Workshop:
+        if self.services.profile is Profile.PRODUCTION:
+            _check_production(self)
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.services.profile is Profile.PRODUCTION
+
+    @property
+    def origin(self) -> ConfigOrigin | None:
+        """The file and the lines this workshop was loaded from (None when built in code)."""
+        return self._origin
 
     @property
     def state_dir(self) -> Path:
@@ -428,8 +605,87 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_production(w: Workshop) -> None:
+    """The production profile's cross-checks. Messages name their field first, like the other cross-checks."""
+    if w.mqtt.username:
+        raise ValueError("mqtt.username: en profil production, chaque rôle a son compte : décrivez-les dans "
+                         "mqtt.accounts (voir docs/configuration.md)")
+    if w.influxdb.username:
+        raise ValueError("influxdb.username: en profil production, chaque rôle a son compte : décrivez-les dans "
+                         "influxdb.accounts (voir docs/configuration.md)")
+    mqtt, influx = w.mqtt.accounts, w.influxdb.accounts
+    if mqtt is None:
+        raise ValueError("services.profile: le profil production demande mqtt.accounts (un compte MQTT par rôle : "
+                         "gateway, web, collectors, badge_readers ; voir docs/configuration.md)")
+    if influx is None:
+        raise ValueError("services.profile: le profil production demande influxdb.accounts (admin, gateway, web, "
+                         "grafana ; voir docs/configuration.md)")
+    machine_ids = {m.id for m in w.machines}
+    owner: dict[str, str] = {}
+    for i, c in enumerate(mqtt.collectors):
+        for j, m in enumerate(c.machines):
+            where = f"mqtt.accounts.collectors[{i}].machines[{j}]"
+            if m not in machine_ids:
+                raise ValueError(f"{where}: machine « {m} » inconnue (elle doit figurer dans machines)")
+            if m in owner:
+                raise ValueError(f"{where}: « {m} » est déjà lue par le collecteur « {owner[m]} » (une machine, "
+                                 "un seul collecteur)")
+            owner[m] = c.id
+    orphans = [m.id for m in w.machines if m.id not in owner]
+    if orphans:
+        raise ValueError("mqtt.accounts.collectors: aucun collecteur ne lit " + ", ".join(orphans)
+                         + " : ajoutez-les aux machines d'un collecteur (sinon le broker refuse leurs événements)")
+    # Every MQTT user name is unique. A machine's id is reserved for that machine's badge reader: the ACL lets
+    # user %u publish on …/%u/badge, and a collector's id on …/collectors/%u/status.
+    users: dict[str, str] = {}
+
+    def claim(name: str, field: str, *, reader: bool = False) -> None:
+        if name in users:
+            raise ValueError(f"{field}: le nom d'utilisateur « {name} » est déjà celui de {users[name]}")
+        if not reader and name in machine_ids:
+            raise ValueError(f"{field}: « {name} » est l'id d'une machine, réservé à son lecteur de badges")
+        users[name] = field
+
+    claim(mqtt.gateway.username, "mqtt.accounts.gateway.username")
+    if mqtt.web is not None:
+        claim(mqtt.web.username, "mqtt.accounts.web.username")
+    for i, c in enumerate(mqtt.collectors):
+        claim(c.id, f"mqtt.accounts.collectors[{i}].id")
+    for i, r in enumerate(mqtt.badge_readers):
+        if r.machine not in machine_ids:
+            raise ValueError(f"mqtt.accounts.badge_readers[{i}].machine: machine « {r.machine} » inconnue")
+        claim(r.machine, f"mqtt.accounts.badge_readers[{i}].machine", reader=True)
+    seen: dict[str, str] = {}
+    for role in ("admin", "gateway", "web", "grafana"):
+        account = getattr(influx, role)
+        if account is None:
+            continue
+        if account.username in seen:
+            raise ValueError(f"influxdb.accounts.{role}.username: « {account.username} » est déjà le compte "
+                             f"{seen[account.username]} (un compte par rôle, chacun ses droits)")
+        seen[account.username] = role
+    if w.services.mode is ServicesMode.MANAGED:
+        if influx.admin is None:
+            raise ValueError("influxdb.accounts.admin: en mode managed, Copeau crée la base et les comptes InfluxDB : "
+                             "il lui faut le compte administrateur")
+        if w.mqtt.tls is not None and w.mqtt.tls.cert_file is None:
+            raise ValueError("mqtt.tls.cert_file: le broker géré par Copeau a besoin de son certificat et de sa clé "
+                             "(cert_file, key_file)")
+
+
 # --------------------------------------------------------------------------------------------------------
 # Loading, with file:line:field errors
+
+
+@dataclass(frozen=True)
+class ConfigOrigin:
+    """Where a workshop was loaded from: the file, and the line of every field written in it."""
+
+    file: str
+    lines: dict[tuple[str | int, ...], int]
+
+    def problem(self, loc: tuple[str | int, ...], message: str) -> ConfigProblem:
+        return ConfigProblem(self.file, _line_for(loc, self.lines), _field_name(loc), message)
 
 
 @dataclass(frozen=True)
@@ -455,14 +711,39 @@ class ConfigError(Exception):
 _Path = tuple[str | int, ...]
 
 
+# Nesting deeper than this is refused before the YAML reader sees it: a workshop file needs fewer than 10 levels,
+# and a few hundred would exhaust Python's recursion in PyYAML (a RecursionError instead of a line).
+_MAX_DEPTH = 50
+# Line breaks as YAML counts them (PyYAML's Mark.line).
+_LINE_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one), and reports a value that its
+    tag cannot build (`!!int x`, `!!timestamp 2001-13-45`) as a YAML error at the value's line, where PyYAML
+    would raise a bare ValueError or TypeError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"valeur illisible ({node.tag}) : {exc}", node.start_mark
+            ) from exc
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "une clé doit être un nom simple, pas une liste ni un bloc", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -477,20 +758,44 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _lines(node: yaml.Node, path: _Path, out: dict[_Path, int]) -> None:
-    """Map each field path to the line where it is written (the key's line, 1-based)."""
+def _lines(node: yaml.Node, path: _Path, out: dict[_Path, int], walked: set[int] | None = None) -> None:
+    """Map each field path to the line where it is written (the key's line, 1-based).
+
+    A node reached again through an alias is not walked again (its fields are found at the alias's line): nine
+    aliases of nine aliases would otherwise be walked 9**n times, and an alias inside its own anchor forever."""
+    walked = set() if walked is None else walked
     out.setdefault(path, node.start_mark.line + 1)
+    if id(node) in walked:
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             child = (*path, str(key_node.value))
             out[child] = key_node.start_mark.line + 1
-            _lines(value_node, child, out)
+            _lines(value_node, child, out, walked)
             # A scalar value's own line is the key's line; nested ones are set by the recursion.
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             child = (*path, i)
             out[child] = item.start_mark.line + 1
-            _lines(item, child, out)
+            _lines(item, child, out, walked)
+
+
+_OPENS = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken, yaml.FlowSequenceStartToken,
+          yaml.FlowMappingStartToken)
+_CLOSES = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+
+
+def _check_depth(text: str) -> None:
+    """Raise a YAML error at the line where the nesting goes deeper than _MAX_DEPTH (tokens only: no recursion)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=_LineLoader):
+        if isinstance(token, _OPENS):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise yaml.MarkedYAMLError(None, None, f"plus de {_MAX_DEPTH} niveaux imbriqués", token.start_mark)
+        elif isinstance(token, _CLOSES):
+            depth -= 1
 
 
 def _field_name(loc: _Path) -> str:
@@ -599,18 +904,72 @@ def load_workshop(path: Path | str = DEFAULT_CONFIG) -> Workshop:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(file, None, "", f"lecture impossible : {exc}")]) from exc
     try:
+        _check_depth(text)
         node = yaml.compose(text, Loader=_LineLoader)
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError([ConfigProblem(file, line, "", f"YAML invalide : {exc.problem}")]) from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, a control character)
+        line = len(_LINE_BREAKS.split(text[: exc.position]))
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError([ConfigProblem(file, line, "", f"YAML invalide : caractère interdit U+{code:04X}")]) from exc
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", "le fichier doit décrire un bloc de champs (site, machines…)")])
     lines: dict[_Path, int] = {}
     if node is not None:
         _lines(node, (), lines)
     try:
-        return Workshop.model_validate(data)
+        workshop = Workshop.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(list(_problems(exc, file, lines))) from exc
+    workshop._origin = ConfigOrigin(file, lines)
+    if workshop.production:
+        problems = secret_problems(workshop)
+        if problems:
+            raise ConfigError(problems)
+    return workshop
+
+
+# --------------------------------------------------------------------------------------------------------
+# Secrets in the production profile
+
+
+def iter_secrets(model: BaseModel, path: _Path = ()) -> Iterator[tuple[_Path, Secret]]:
+    """Every Secret of a model, with its field path (('mqtt', 'accounts', 'gateway', 'password'), ...)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        here = (*path, name)
+        if isinstance(value, Secret):
+            yield here, value
+        elif isinstance(value, BaseModel):
+            yield from iter_secrets(value, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from iter_secrets(item, (*here, i))
+
+
+def secret_problems(workshop: Workshop, *, required: Iterable[_Path] = ()) -> list[ConfigProblem]:
+    """Production profile: the secrets this process can read must be real ones (not empty, not an example, MQTT
+    and InfluxDB passwords long enough); the `required` ones must also be there. Messages never hold a value."""
+    needed = set(required)
+    origin = workshop.origin or ConfigOrigin("(configuration)", {})
+    problems: list[ConfigProblem] = []
+    for loc, secret in iter_secrets(workshop):
+        try:
+            value = secret.read()
+        except OSError as exc:
+            if loc in needed:
+                problems.append(origin.problem(loc, f"secret illisible ({secret.describe()}) : {exc.strerror}"))
+            continue
+        if value is None:
+            if loc in needed:
+                problems.append(origin.problem(loc, f"secret introuvable ({secret.describe()})"))
+            continue
+        account_password = loc[0] in ("mqtt", "influxdb")
+        why = secret_problem(value, min_length=MIN_PASSWORD_LENGTH if account_password else 1)
+        if why:
+            problems.append(origin.problem(loc, f"{why} ({secret.describe()})"))
+    return problems

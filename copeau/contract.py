@@ -13,6 +13,13 @@ Control topics (not events; the gateway does not store them)::
     copeau/v1/<site>/<machine>/context   retained: the job running on the machine now (JobContext below)
     copeau/v1/<site>/<machine>/badge     a badge scanned by a hardware reader at the machine (BadgeScan)
 
+Health (Copeau's own numbers; the gateway stores them in the `copeau_health` measurement)::
+
+    copeau/v1/<site>/health/<service-kind>/<service-id>    retained: CollectorHealth or GatewayHealth, JSON
+
+A health topic has four levels after `copeau/v1`, so the event subscription (`copeau/v1/+/+/+`) never
+matches it and a machine id can never collide with it; the gateway subscribes to it separately.
+
 Every event carries its time (`ts`, integer nanoseconds since the Unix epoch, UTC) and a per-machine
 sequence number (`seq`), both fixed at the source. A redelivered event is byte-identical, so the gateway
 writes the same InfluxDB point again and the store keeps it once.
@@ -21,15 +28,17 @@ writes the same InfluxDB point again and the store keeps it once.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 TOPIC_ROOT = "copeau/v1"
 SCHEMA_VERSION: Literal[1] = 1
 # Subscription that matches every event topic and nothing else (status topics have one level more).
 EVENT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+"
+# Every service's health report (four levels after the root: never matched by EVENT_SUBSCRIPTION).
+HEALTH_SUBSCRIPTION = f"{TOPIC_ROOT}/+/health/+/+"
 
 INT64_MAX = 2**63 - 1  # InfluxDB integers are signed 64-bit; a larger value would be refused with a 400
 
@@ -269,3 +278,153 @@ def decode_event(topic: str, payload: bytes) -> Event:
             topic=topic,
         )
     return event
+
+
+# --------------------------------------------------------------------------------------------------------
+# Health: Copeau's own numbers, published by every service every `health_interval_s` (retained, QoS 1)
+
+
+class ServiceKind(StrEnum):
+    COLLECTOR = "collector"
+    GATEWAY = "gateway"
+
+
+class SpoolLevel(IntEnum):
+    """How the collector's outbox is doing (an integer, so that an alert can compare it: `> 0`)."""
+
+    OK = 0
+    LIMIT = 1  # the outbox reached its limit: the oldest telemetry is shed (part and alarm events never)
+    FULL = 2  # the disk refused a write: events are held in memory and retried, nothing is dropped silently
+
+
+_Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+_Ts = Annotated[int, Field(ge=_MIN_TS, le=_MAX_TS)]
+
+
+class CollectorMetrics(BaseModel):
+    """One collector's numbers. Counts marked *process* restart from 0 with the process; the others do not."""
+
+    model_config = _FROZEN
+    outbox_events: _Count  # events waiting in the outbox (not yet acknowledged by the broker)
+    outbox_bytes: _Count  # their size, topic + payload: what `collector.outbox_max_mb` limits
+    outbox_file_bytes: _Count  # the outbox's SQLite files on disk (database and WAL)
+    outbox_limit_bytes: _Count  # the limit in force at the last commit (lower than the setting when disk is low)
+    disk_free_bytes: _Count  # free space on the outbox's filesystem
+    spool_level: SpoolLevel
+    shed_events: _Count  # events shed since the outbox file was created (all machines and kinds)
+    unsaved_events: _Count  # events held in memory because the disk refused them (spool_level 2)
+    published: _Count  # process: messages handed to the broker (re-sends count again)
+    acknowledged: _Count  # process: messages the broker acknowledged
+    mqtt_connected: bool
+    mqtt_reconnects: _Count  # process
+    uptime_s: float = Field(ge=0, allow_inf_nan=False)
+
+
+class CollectorMachineHealth(BaseModel):
+    """What one collector knows about one machine."""
+
+    model_config = _FROZEN
+    readable: bool  # the last attempt to read it succeeded
+    next_seq: _Count  # the seq its next event will get: stored + shed events of the machine = next_seq
+    reconnects: _Count  # process: times it became readable again after it could not be read
+    polls: _Count  # process: samples handled
+    missed_intervals: _Count  # process: polls that came too late to keep the interval
+    last_read_ts: _Ts | None = None  # time of the last good reading
+    last_event_ts: _Ts | None = None  # time of the last event derived (the machine's activity)
+    # The same as ages at the report's `ts`, in seconds (≥ 0), for alerts: InfluxQL cannot subtract from now().
+    last_read_age_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    last_event_age_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    shed_cycle_start: _Count = 0  # events of the machine shed, by class (see collectors/outbox.py)
+    shed_state: _Count = 0
+    shed_cycle_end: _Count = 0
+
+
+class GatewayMetrics(BaseModel):
+    """One gateway's numbers, since its process started."""
+
+    model_config = _FROZEN
+    received: _Count  # event messages handed over by the broker (re-deliveries count again)
+    stored: _Count  # event points InfluxDB accepted
+    dead_letters: _Count  # messages written to the dead-letter file
+    write_retries: _Count  # InfluxDB requests made again after a failure
+    batches: _Count
+    queue_depth: _Count  # messages received and not yet written
+    health_stored: _Count  # health points InfluxDB accepted
+    mqtt_connected: bool
+    mqtt_reconnects: _Count
+    influx_ok: bool  # False while a write to InfluxDB is being retried
+    uptime_s: float = Field(ge=0, allow_inf_nan=False)
+
+
+class GatewayMachineHealth(BaseModel):
+    model_config = _FROZEN
+    received: _Count  # event messages of the machine received
+    last_event_ts: _Ts | None = None  # source time of the newest event received
+    last_received_ts: _Ts | None = None  # the gateway's clock when it received the last event
+    last_received_age_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # at the report's `ts`
+
+
+class _HealthBase(BaseModel):
+    model_config = _FROZEN
+    v: Literal[1] = 1
+    site: Slug
+    service: Slug  # the collector's id, or the gateway's client id
+    ts: int = Field(ge=_MIN_TS, le=_MAX_TS)  # when the numbers were taken, fixed at the source
+    interval_s: float = Field(gt=0, allow_inf_nan=False)  # the next report is due this much later
+
+    @property
+    def topic(self) -> str:
+        return health_topic(self.site, self.kind, self.service)  # type: ignore[attr-defined]
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class CollectorHealth(_HealthBase):
+    kind: Literal[ServiceKind.COLLECTOR] = ServiceKind.COLLECTOR
+    metrics: CollectorMetrics
+    machines: dict[Slug, CollectorMachineHealth] = Field(default_factory=dict)
+
+
+class GatewayHealth(_HealthBase):
+    kind: Literal[ServiceKind.GATEWAY] = ServiceKind.GATEWAY
+    metrics: GatewayMetrics
+    machines: dict[Slug, GatewayMachineHealth] = Field(default_factory=dict)
+
+
+Health = Annotated[CollectorHealth | GatewayHealth, Field(discriminator="kind")]
+_HEALTH: TypeAdapter[CollectorHealth | GatewayHealth] = TypeAdapter(Health)
+
+
+def age_s(now_ns: int, then_ns: int | None) -> float | None:
+    """Seconds from `then_ns` to `now_ns` (≥ 0: a source clock slightly ahead gives 0), None when unknown."""
+    return None if then_ns is None else round(max(0, now_ns - then_ns) / 1e9, 3)
+
+
+def health_topic(site: str, kind: ServiceKind | str, service: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/health/{ServiceKind(kind).value}/{service}"
+
+
+def is_health_topic(topic: str) -> bool:
+    parts = topic.split("/")
+    return len(parts) == 6 and "/".join(parts[:2]) == TOPIC_ROOT and parts[3] == "health"
+
+
+def decode_health(topic: str, payload: bytes) -> CollectorHealth | GatewayHealth:
+    """Validate one health report against the contract. Raises ContractError with a readable reason."""
+    if not is_health_topic(topic):
+        raise ContractError(f"topic is not {TOPIC_ROOT}/<site>/health/<kind>/<service>", topic=topic)
+    try:
+        health = _HEALTH.validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ContractError(f"{where or 'payload'}: {message}", topic=topic) from exc
+    _, _, site, _, kind, service = topic.split("/")
+    if (site, kind, service) != (health.site, health.kind.value, health.service):
+        raise ContractError(
+            f"topic says {site}/{kind}/{service} but payload says {health.site}/{health.kind}/{health.service}",
+            topic=topic,
+        )
+    return health

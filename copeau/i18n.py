@@ -38,6 +38,66 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "{what} démarré sur {host}:{port} (journal : {log})",
         "en": "{what} started on {host}:{port} (log: {log})",
     },
+    # Production profile (copeau/security.py, copeau/services.py, `copeau security …`). Never a secret's value.
+    "security.influx_admin_created": {
+        "fr": "InfluxDB {url} : administrateur « {user} » créé (premier démarrage).",
+        "en": "InfluxDB {url}: administrator “{user}” created (first start).",
+    },
+    "security.influx_admin_refused": {
+        "fr": (
+            "InfluxDB {url} refuse l'administrateur « {user} » (HTTP {status}) : son mot de passe n'est pas celui "
+            "qu'InfluxDB connaît. Remettez l'ancien dans son fichier secret, ou changez-le dans InfluxDB "
+            "(SET PASSWORD FOR …)."
+        ),
+        "en": (
+            "InfluxDB {url} refuses the administrator “{user}” (HTTP {status}): its password is not the one "
+            "InfluxDB knows. Put the old one back in its secret file, or change it in InfluxDB (SET PASSWORD FOR …)."
+        ),
+    },
+    "security.influx_failed": {
+        "fr": "InfluxDB {url} : « {what} » a échoué : {error}",
+        "en": "InfluxDB {url}: “{what}” failed: {error}",
+    },
+    "security.influx_no_auth": {
+        "fr": (
+            "InfluxDB {url} répond sans identifiants (HTTP {status}) : mettez auth-enabled = true dans la section "
+            "[http] de sa configuration, puis redémarrez-le."
+        ),
+        "en": (
+            "InfluxDB {url} answers without credentials (HTTP {status}): set auth-enabled = true in the [http] "
+            "section of its configuration, then restart it."
+        ),
+    },
+    "security.influx_ready": {
+        "fr": "InfluxDB {url} : authentification exigée ; base « {db} » ; comptes prêts : {users}.",
+        "en": "InfluxDB {url}: authentication required; database “{db}”; accounts ready: {users}.",
+    },
+    "security.demo_profile": {
+        "fr": "services.profile vaut « demo » : pas de comptes à préparer (docs/configuration.md, profil production).",
+        "en": "services.profile is “demo”: no accounts to prepare (see docs/configuration.md, production profile).",
+    },
+    "security.demo_only": {
+        "fr": "copeau demo ne tourne qu'avec le profil demo (services.profile: demo).",
+        "en": "copeau demo runs with the demo profile only (services.profile: demo).",
+    },
+    "security.secret_created": {
+        "fr": "Secret créé : {path} (lisible par son propriétaire seulement ; valeur jamais affichée)",
+        "en": "Secret created: {path} (readable by its owner only; the value is never shown)",
+    },
+    "security.no_secret_to_create": {
+        "fr": "Aucun secret à créer : chaque fichier de secret (file:) des comptes existe déjà.",
+        "en": "No secret to create: every account's secret file (file:) exists already.",
+    },
+    "security.mosquitto_written": {
+        "fr": (
+            "Écrits : {files}. Donnez-les à mosquitto (propriétaire ou groupe mosquitto, mode 0640), puis "
+            "redémarrez-le (systemctl restart mosquitto)."
+        ),
+        "en": (
+            "Written: {files}. Give them to mosquitto (owner or group mosquitto, mode 0640), then restart it "
+            "(systemctl restart mosquitto)."
+        ),
+    },
     "demo.header": {
         "fr": "Copeau — démonstration : atelier simulé « {site} » ({machines} machines)",
         "en": "Copeau — demo: simulated workshop “{site}” ({machines} machines)",
@@ -468,6 +528,56 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "Le serveur ne répond pas. Nouvel essai dans un instant…",
         "en": "The server does not answer. Trying again in a moment…",
     },
+    # -- the live board (/tableau, web/live.py); keys after "live." go to the page's script as they are
+    "live.title": {"fr": "Tableau de l'atelier — {site}", "en": "Workshop board — {site}"},
+    "live.state.running": {"fr": "En marche", "en": "Running"},
+    "live.state.idle": {"fr": "En attente", "en": "Idle"},
+    "live.state.alarm": {"fr": "Alarme", "en": "Alarm"},
+    "live.state.offline": {"fr": "Hors ligne", "en": "Offline"},
+    "live.state.unknown": {"fr": "État inconnu", "en": "State unknown"},
+    "live.offline.machine": {
+        "fr": "le collecteur ne peut plus lire la machine",
+        "en": "the collector cannot read the machine",
+    },
+    "live.offline.collector": {"fr": "le collecteur est arrêté", "en": "the collector is stopped"},
+    "live.offline.stale": {
+        "fr": "aucune nouvelle de la machine depuis trop longtemps",
+        "en": "no news from the machine for too long",
+    },
+    "live.since": {"fr": "depuis {time}", "en": "since {time}"},
+    "live.no_job": {"fr": "Pas de travail en cours", "en": "No job running"},
+    "live.job": {"fr": "{order} — op. {operation}", "en": "{order} — op. {operation}"},
+    "live.apprentice": {"fr": "apprenti {code}", "en": "apprentice {code}"},
+    "live.good": {"fr": "pièces bonnes", "en": "good parts"},
+    "live.target": {"fr": "sur {quantity}", "en": "of {quantity}"},
+    "live.scrap": {"fr": "{scrap} rebut(s)", "en": "{scrap} scrap"},
+    "live.last_cycle": {"fr": "Dernier cycle", "en": "Last cycle"},
+    "live.seconds": {"fr": "{value} s", "en": "{value} s"},
+    "live.standard": {"fr": "standard {value} s", "en": "standard {value} s"},
+    "live.eta": {"fr": "Fin estimée", "en": "Estimated end"},
+    "live.due": {"fr": "échéance {date}", "en": "due {date}"},
+    "live.late": {"fr": "retard {duration}", "en": "{duration} late"},
+    "live.ahead": {"fr": "avance {duration}", "en": "{duration} ahead"},
+    "live.done": {"fr": "terminé", "en": "done"},
+    "live.basis.standard": {"fr": "au temps standard", "en": "at standard time"},
+    "live.minutes": {"fr": "{m} min", "en": "{m} min"},
+    "live.hours": {"fr": "{h} h {m}", "en": "{h} h {m}"},
+    "live.days": {"fr": "{d} j {h} h", "en": "{d} d {h} h"},
+    "live.feed_down": {"fr": "Flux de données interrompu", "en": "Data feed interrupted"},
+    "live.feed_down.mqtt": {
+        "fr": "Le service n'est plus relié aux machines (broker MQTT) : les chiffres affichés ne bougent plus.",
+        "en": "The service lost its link to the machines (MQTT broker): the numbers shown are frozen.",
+    },
+    "live.feed_down.stream": {
+        "fr": "Connexion au serveur perdue. Nouvel essai…",
+        "en": "Connection to the server lost. Trying again…",
+    },
+    "live.updated": {"fr": "Dernière nouvelle : {time}", "en": "Last news: {time}"},
+    "demo.board": {
+        "fr": "Tableau de l'atelier, pour l'écran de l'atelier : {url}",
+        "en": "Workshop board, for the workshop TV: {url}",
+    },
+    "web.home.board": {"fr": "Tableau de l'atelier (écran de l'atelier)", "en": "Workshop board (for the TV)"},
     "dashboards.written": {
         "fr": "{n} fichier(s) de tableaux générés sous dashboards/.",
         "en": "{n} dashboard file(s) generated under dashboards/.",

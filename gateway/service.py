@@ -19,6 +19,14 @@ Theory of operation:
   connection that has since been lost is not acknowledged: the broker re-delivers it on the new connection
   (same packet id), and that copy is the one acknowledged. Acknowledging the old copy too could acknowledge
   a *different* message to which the broker has already given the freed packet id, before it is stored.
+- Health: the gateway also subscribes to every service's health report (`copeau/v1/+/health/+/+`, which the
+  event subscription never matches) and stores each as points of the `copeau_health` measurement (one for
+  the service, one per machine; tags site, service, kind, machine), at the report's own time. Its own report
+  (received, stored, dead letters, write retries, MQTT reconnects, queue depth, each machine's last message)
+  is published every `gateway.health_interval_s` by a small thread, retained, and comes back through the same
+  subscription to be stored like the others: one path for every service. Reports made while the broker is
+  unreachable are kept (the last `HEALTH_BACKLOG`) and published when it returns. Health messages are counted
+  apart (`health_received`, `health_stored`), so that `received` and `stored_points` stay about events.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +45,32 @@ import paho.mqtt.client as paho
 
 from copeau.backoff import full_jitter
 from copeau.config import Workshop
-from copeau.contract import EVENT_SUBSCRIPTION, ContractError, Event, decode_event, is_control_topic
+from copeau.contract import (
+    EVENT_SUBSCRIPTION,
+    HEALTH_SUBSCRIPTION,
+    CollectorHealth,
+    ContractError,
+    Event,
+    GatewayHealth,
+    GatewayMachineHealth,
+    GatewayMetrics,
+    age_s,
+    decode_event,
+    decode_health,
+    is_control_topic,
+    is_health_topic,
+)
 from copeau.mqtt import MqttLink
 from gateway.deadletter import DeadLetters
 from gateway.influx import InfluxWriter, StoreStopped
-from gateway.lineprotocol import LineProtocolError, event_line
+from gateway.lineprotocol import FieldValue, LineProtocolError, encode_line, event_line
 
 log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 0.2  # how long the writer waits for a first message before it looks at the stop flag again
 _MAX_SESSION_EXPIRY_S = 0xFFFFFFFF  # MQTT 5: four bytes; this value means "never expires"
+HEALTH_MEASUREMENT = "copeau_health"
+HEALTH_BACKLOG = 360  # own health reports kept while the broker is unreachable (one hour at the default 10 s)
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,17 @@ class GatewayStats:
     write_retries: int = 0  # InfluxDB requests made again after a failure
     batches: int = 0  # batches finished (written and acknowledged)
     last_batch_size: int = 0  # messages in the last finished batch
+    health_received: int = 0  # health reports handed over by the broker (not counted in `received`)
+    health_stored: int = 0  # health points InfluxDB accepted (not counted in `stored_points`)
+
+
+@dataclass
+class _MachineSeen:
+    """What the gateway saw of one machine's events (written by the writer thread, read by the health one)."""
+
+    received: int = 0
+    last_event_ts: int | None = None
+    last_received_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +127,18 @@ class Gateway:
         self.writer = InfluxWriter(workshop.influxdb, stop=self._stopping, retry_cap_s=retry_cap_s)
         self.dead_letters = DeadLetters(deadletter_path or workshop.state_dir / "deadletter" / "gateway.jsonl")
 
-        # Counters: `_received` is written by the network thread only, the others by the writer thread only.
+        # Counters: `_received` and `_health_received` are written by the network thread only, the others by
+        # the writer thread only.
         self._received = 0
+        self._health_received = 0
         self._stored = 0
+        self._health_stored = 0
         self._batches = 0
         self._last_batch_size = 0
+        self._machines: dict[str, _MachineSeen] = {}
+        self._started = time.monotonic()
+        self._health_wake = threading.Event()  # report now (on connect, on stop) rather than at the interval
+        self._health_backlog: deque[GatewayHealth] = deque(maxlen=HEALTH_BACKLOG)
 
         self._ack_lock = threading.Lock()  # makes "same connection? then acknowledge" one step
         self._epoch = 0
@@ -116,6 +160,9 @@ class Gateway:
         self.link.client.on_pre_connect = self._on_pre_connect
         self.link.client.on_subscribe = self._on_subscribe
         self._thread = threading.Thread(target=self._run, name=f"gateway-writer-{settings.client_id}", daemon=True)
+        self._health_thread = threading.Thread(
+            target=self._health_run, name=f"gateway-health-{settings.client_id}", daemon=True
+        )
 
     # -- lifecycle
 
@@ -124,6 +171,7 @@ class Gateway:
         self.writer.ensure_database(self.workshop.influxdb.database)
         self._thread.start()
         self.link.start()
+        self._health_thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the broker has acknowledged our subscription on the current connection."""
@@ -133,6 +181,9 @@ class Gateway:
         """Stop taking messages, let the batch in hand finish (or abort it unacknowledged if InfluxDB is failing),
         then disconnect. Whatever was not acknowledged is re-delivered by the broker at the next start."""
         self._stopping.set()
+        self._health_wake.set()
+        if self._health_thread.is_alive():
+            self._health_thread.join(timeout)
         if self._thread.is_alive():
             self._thread.join(timeout)
         finished = not self._thread.is_alive()
@@ -160,7 +211,66 @@ class Gateway:
             write_retries=self.writer.retries,
             batches=self._batches,
             last_batch_size=self._last_batch_size,
+            health_received=self._health_received,
+            health_stored=self._health_stored,
         )
+
+    def health(self) -> GatewayHealth:
+        """The gateway's health report now (copeau/contract.py GatewayHealth)."""
+        stats = self.stats
+        now = time.time_ns()
+        machines = {
+            machine: GatewayMachineHealth(
+                received=seen.received,
+                last_event_ts=seen.last_event_ts,
+                last_received_ts=seen.last_received_ts,
+                last_received_age_s=age_s(now, seen.last_received_ts),
+            )
+            for machine, seen in dict(self._machines).items()  # a copy: the writer thread may add one meanwhile
+        }
+        metrics = GatewayMetrics(
+            received=stats.received,
+            stored=stats.stored_points,
+            dead_letters=stats.dead_letters,
+            write_retries=stats.write_retries,
+            batches=stats.batches,
+            queue_depth=self._inbox.qsize(),
+            health_stored=stats.health_stored,
+            mqtt_connected=self.link.connected.is_set(),
+            mqtt_reconnects=self.link.reconnects,
+            influx_ok=self.writer.last_error is None,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+        settings = self.workshop.gateway
+        return GatewayHealth(
+            site=self.workshop.site.id,
+            service=settings.client_id,
+            ts=now,
+            interval_s=settings.health_interval_s,
+            metrics=metrics,
+            machines=machines,
+        )
+
+    # -- health thread
+
+    def _health_run(self) -> None:
+        while True:
+            self._health_wake.wait(self.workshop.gateway.health_interval_s)
+            self._health_wake.clear()
+            if self._stopping.is_set():
+                return
+            self._report_health()
+
+    def _report_health(self) -> None:
+        """Publish a health report now, after those kept while the broker was unreachable; or keep it."""
+        report = self.health()
+        if not self.link.connected.is_set():
+            self._health_backlog.append(report)
+            return
+        while self._health_backlog:
+            old = self._health_backlog.popleft()
+            self.link.publish(old.topic, old.encode(), qos=1, retain=False)
+        self.link.publish(report.topic, report.encode(), qos=1, retain=True)
 
     # -- paho callbacks (network thread): no I/O, no waiting
 
@@ -172,17 +282,18 @@ class Gateway:
 
     def _on_connected(self, session_present: bool) -> None:
         # Subscribe on every connection: the session may have expired, or the broker may have lost it.
-        result, _mid = self.link.client.subscribe(EVENT_SUBSCRIPTION, qos=1)
+        result, _mid = self.link.client.subscribe([(EVENT_SUBSCRIPTION, 1), (HEALTH_SUBSCRIPTION, 1)])
         if result != paho.MQTT_ERR_SUCCESS:
             log.warning("MQTT %s: could not send SUBSCRIBE (%s)", self.link.client_id, paho.error_string(result))
         elif not session_present:
             log.info("MQTT %s: new session (nothing kept by the broker from before)", self.link.client_id)
+        self._health_wake.set()  # a report at once: those kept during the outage, then how things stand now
 
     def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
         if refused:
-            log.error("MQTT %s: broker refused the subscription to %s (%s); check the broker's ACL",
-                      self.link.client_id, EVENT_SUBSCRIPTION, refused[0])
+            log.error("MQTT %s: broker refused the subscription to %s or %s (%s); check the broker's ACL",
+                      self.link.client_id, EVENT_SUBSCRIPTION, HEALTH_SUBSCRIPTION, refused[0])
             return
         self._subscribed.set()
 
@@ -194,7 +305,10 @@ class Gateway:
             topic: str | None = raw_topic.decode("utf-8")
         except UnicodeDecodeError:
             topic = None
-        self._received += 1
+        if topic is not None and is_health_topic(topic):
+            self._health_received += 1
+        else:
+            self._received += 1
         self._inbox.put(_Delivery(topic, raw_topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch))
 
     # -- writer thread
@@ -221,23 +335,38 @@ class Gateway:
     def _process(self, batch: list[_Delivery]) -> None:
         lines: list[str] = []
         owners: list[_Delivery] = []  # owners[i] is the message of lines[i]
+        health: list[bool] = []  # health[i]: lines[i] is a health point (counted apart)
         for delivery in batch:
-            if delivery.topic is not None and is_control_topic(delivery.topic):
+            topic = delivery.topic
+            if topic is not None and is_control_topic(topic):
                 continue  # a job context or badge scan: for collectors and the web service, not stored here
+            is_health = topic is not None and is_health_topic(topic)
             try:
-                line = _encode(delivery)
+                if topic is not None and is_health:
+                    new = health_lines(decode_health(topic, delivery.payload))
+                else:
+                    event, line = _encode(delivery)
+                    new = [line]
+                    self._seen(event)
             except ContractError as exc:
                 self._dead_letter(delivery, exc.reason)
             except LineProtocolError as exc:
                 self._dead_letter(delivery, f"cannot be stored as a point: {exc}")
             else:
-                lines.append(line)
-                owners.append(delivery)
+                lines.extend(new)
+                owners.extend([delivery] * len(new))
+                health.extend([is_health] * len(new))
         if lines:
             result = self.writer.write(lines)
+            refused: set[int] = set()  # a health report has several points: one dead letter for it
             for rejected in result.rejected:
-                self._dead_letter(owners[rejected.index], f"InfluxDB rejected the point: {rejected.error}")
-            self._stored += result.stored
+                owner = owners[rejected.index]
+                if id(owner) not in refused:
+                    refused.add(id(owner))
+                    self._dead_letter(owner, f"InfluxDB rejected the point: {rejected.error}")
+            bad = {r.index for r in result.rejected}
+            self._stored += sum(1 for i in range(len(lines)) if not health[i] and i not in bad)
+            self._health_stored += sum(1 for i in range(len(lines)) if health[i] and i not in bad)
         self._acknowledge(batch)
         self._batches += 1
         self._last_batch_size = len(batch)
@@ -269,13 +398,38 @@ class Gateway:
                 if delivery.epoch == self._epoch:
                     self.link.client.ack(delivery.mid, delivery.qos)
 
+    def _seen(self, event: Event) -> None:
+        if event.site != self.workshop.site.id:
+            return  # the health report is per machine of this gateway's site
+        seen = self._machines.get(event.machine)
+        if seen is None:
+            seen = self._machines[event.machine] = _MachineSeen()
+        seen.received += 1
+        seen.last_event_ts = max(event.ts, seen.last_event_ts or event.ts)
+        seen.last_received_ts = time.time_ns()
 
-def _encode(delivery: _Delivery) -> str:
+
+def _encode(delivery: _Delivery) -> tuple[Event, str]:
     """The message as one line of line protocol. Raises ContractError or LineProtocolError."""
     if delivery.topic is None:
         raise ContractError("topic is not valid UTF-8")
     event = decode_event(delivery.topic, delivery.payload)
-    return event_line(event, context_tags=context_tags(event))
+    return event, event_line(event, context_tags=context_tags(event))
+
+
+def health_lines(report: CollectorHealth | GatewayHealth) -> list[str]:
+    """A health report as points of `copeau_health`: one for the service, one per machine, at the report's time.
+    Tags: site, service, kind (+ machine); fields: the numbers (absent ones left out)."""
+    tags = {"site": report.site, "service": report.service, "kind": report.kind.value}
+    lines = [encode_line(HEALTH_MEASUREMENT, tags, _fields(report.metrics), report.ts)]
+    for machine, numbers in sorted(report.machines.items()):
+        lines.append(encode_line(HEALTH_MEASUREMENT, {**tags, "machine": machine}, _fields(numbers), report.ts))
+    return lines
+
+
+def _fields(model: Any) -> dict[str, FieldValue]:
+    # JSON mode: plain int, float and bool (an IntEnum becomes its number), so each field keeps one type.
+    return dict(model.model_dump(mode="json", exclude_none=True))
 
 
 def context_tags(event: Event) -> dict[str, str]:
