@@ -14,9 +14,11 @@ from typing import Annotated
 
 import typer
 
+from copeau import security
 from copeau.config import DEFAULT_CONFIG, ConfigError, ServicesMode, Workshop, load_workshop
 from copeau.errors import CopeauError
 from copeau.i18n import t
+from copeau.security import Role, for_role
 
 app = typer.Typer(
     help="Copeau : suivi d'atelier pour les Écoles de production (COPEAU_LANG=en for English).",
@@ -29,14 +31,26 @@ ConfigOption = Annotated[
 ]
 
 
+def _config_failed(exc: ConfigError) -> typer.Exit:
+    typer.echo(t("config.invalid", n=len(exc.problems)), err=True)
+    for problem in sorted(exc.problems, key=lambda p: p.line or 0):
+        typer.echo(f"  {problem}", err=True)
+    return typer.Exit(2)
+
+
 def _load(path: Path) -> Workshop:
     try:
         return load_workshop(path)
     except ConfigError as exc:
-        typer.echo(t("config.invalid", n=len(exc.problems)), err=True)
-        for problem in sorted(exc.problems, key=lambda p: p.line or 0):
-            typer.echo(f"  {problem}", err=True)
-        raise typer.Exit(2) from exc
+        raise _config_failed(exc) from exc
+
+
+def _as_role(workshop: Workshop, role: Role, *, collector_id: str | None = None) -> Workshop:
+    """The workshop with this process's own accounts (production profile); exit 2 when its secrets are not right."""
+    try:
+        return for_role(workshop, role, collector_id=collector_id)
+    except ConfigError as exc:
+        raise _config_failed(exc) from exc
 
 
 def _logging(verbose: bool, *, quiet_level: int = logging.WARNING) -> None:
@@ -60,6 +74,11 @@ def _services(workshop: Workshop, config: Path) -> Iterator[None]:
         return
     from copeau.services import managed_services
 
+    try:
+        broker_security = security.broker_security(workshop, source=str(config))
+        influx_security = security.influx_security(workshop)
+    except ConfigError as exc:
+        raise _config_failed(exc) from exc
     with managed_services(
         mqtt_host=workshop.mqtt.host,
         mqtt_port=workshop.mqtt.port,
@@ -70,6 +89,8 @@ def _services(workshop: Workshop, config: Path) -> Iterator[None]:
         state_dir=workshop.state_dir,
         max_queued_mb=workshop.mqtt.max_queued_mb,
         config_name=str(config),
+        broker_security=broker_security,
+        influx_security=influx_security,
     ):
         yield
 
@@ -106,6 +127,9 @@ def demo(
     # The live table says what matters (a machine offline shows as « hors ligne »); -v adds the log.
     _logging(verbose, quiet_level=logging.ERROR)
     workshop = _load(config)
+    if workshop.production:
+        typer.echo(t("security.demo_only"), err=True)
+        raise typer.Exit(2)
     if seconds is None and os.environ.get("DEMO_SECONDS"):
         seconds = float(os.environ["DEMO_SECONDS"])
     from copeau.demo import run_demo
@@ -139,6 +163,7 @@ def services(
     if workshop.services.mode is not ServicesMode.MANAGED:
         typer.echo("services.mode est « external » : rien à lancer.", err=True)
         raise typer.Exit(2)
+    workshop = _as_role(workshop, Role.SERVICES)
 
     async def wait(stop: asyncio.Event) -> None:
         await stop.wait()
@@ -152,11 +177,16 @@ def services(
 
 @app.command()
 def collector(
-    config: ConfigOption = DEFAULT_CONFIG, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True
+    config: ConfigOption = DEFAULT_CONFIG,
+    collector_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Ce collecteur (défaut : collector.id). En production : ses machines seulement."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Lit les machines et publie leurs événements sur MQTT (avec file d'attente durable)."""
     _logging(verbose)
-    workshop = _load(config)
+    workshop = _as_role(_load(config), Role.COLLECTOR, collector_id=collector_id)
     from collectors.runner import Collector
 
     _serve_until_signal(Collector(workshop).run)
@@ -168,7 +198,7 @@ def gateway(
 ) -> None:
     """Reçoit les événements MQTT et les écrit dans InfluxDB (API v1)."""
     _logging(verbose)
-    workshop = _load(config)
+    workshop = _as_role(_load(config), Role.GATEWAY)
     from gateway.service import Gateway
 
     async def run(stop: asyncio.Event) -> None:
@@ -230,6 +260,7 @@ def web(
             raise typer.Exit(1) from exc
         typer.echo(f"Maître « {add_maitre} » ajouté.")
         return
+    workshop = _as_role(workshop, Role.WEB)
     try:
         serve(workshop, host=host, port=port, log_level="debug" if verbose else "info")
     except KioskKeyError as exc:
@@ -259,6 +290,97 @@ def opcua_browse(url: Annotated[str, typer.Argument(help="opc.tcp://hôte:port")
         typer.echo(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False).rstrip())
         for name, node_id in found.items():
             typer.echo(f"    # {name}: {node_id}")
+
+
+# --- production profile (issue #6) -------------------------------------------------------------------------------
+
+security_app = typer.Typer(
+    help="Profil production : secrets, fichiers de mosquitto, comptes InfluxDB (voir docs/operations.md).",
+    no_args_is_help=True,
+)
+app.add_typer(security_app, name="security")
+
+
+def _production(config: Path) -> Workshop:
+    workshop = _load(config)
+    if not workshop.production:
+        typer.echo(t("security.demo_profile"), err=True)
+        raise typer.Exit(2)
+    return workshop
+
+
+def _give_group(path: Path, group: str) -> None:
+    """chgrp `path` to `group` (a name or a number) and make it readable by that group (0640)."""
+    import grp
+
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o640)
+    except (KeyError, OSError) as exc:
+        typer.echo(f"{path} : groupe {group} impossible ({exc})", err=True)
+        raise typer.Exit(1) from exc
+
+
+GroupOption = Annotated[
+    str | None, typer.Option("--group", help="Groupe qui pourra lire les fichiers (mode 0640), ex. copeau-secrets.")
+]
+
+
+@security_app.command("secrets")
+def security_secrets(config: ConfigOption = DEFAULT_CONFIG, group: GroupOption = None) -> None:
+    """Crée les fichiers de secrets (file:) des comptes qui n'existent pas encore : mots de passe aléatoires, mode
+    0600 (0640 avec --group), jamais affichés. Les fichiers existants ne sont pas touchés."""
+    workshop = _production(config)
+    created = security.create_secret_files(path for _, path in security.missing_secret_files(workshop))
+    for path in created:
+        if group:
+            _give_group(path, group)
+        typer.echo(t("security.secret_created", path=path))
+    if not created:
+        typer.echo(t("security.no_secret_to_create"))
+
+
+@security_app.command("mosquitto")
+def security_mosquitto(
+    out: Annotated[Path, typer.Option("--out", help="Dossier où écrire passwd et acl (ex. /etc/mosquitto/copeau).")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    group: GroupOption = None,
+) -> None:
+    """Écrit le fichier de mots de passe (haché) et l'ACL de mosquitto pour un broker externe."""
+    workshop = _production(config)
+    try:
+        texts = {"passwd": security.mosquitto_password_file(workshop),
+                 "acl": security.mosquitto_acl(workshop, source=str(config))}
+    except ConfigError as exc:
+        raise _config_failed(exc) from exc
+    written = []
+    for name, text in texts.items():
+        path = out / name
+        security.write_private(path, text)
+        if group:
+            _give_group(path, group)
+        written.append(str(path))
+    typer.echo(t("security.mosquitto_written", files=", ".join(written)))
+
+
+@security_app.command("influxdb")
+def security_influxdb(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Prépare un InfluxDB 1.x externe (auth-enabled = true) : administrateur au premier démarrage, base, comptes
+    gateway (WRITE), web (ALL), grafana (READ). Relancer applique les mots de passe changés."""
+    _logging(True, quiet_level=logging.INFO)
+    workshop = _production(config)
+    from copeau.services import secure_influxdb
+
+    try:
+        settings = security.influx_security(workshop)
+    except ConfigError as exc:
+        raise _config_failed(exc) from exc
+    assert settings is not None  # production profile
+    try:
+        secure_influxdb(workshop.influxdb.url, workshop.influxdb.database, settings)
+    except CopeauError as exc:
+        raise _fail(exc) from exc
 
 
 # --- dashboards (issue #5) ---------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class MqttLink:
         )
         if settings.username:
             client.username_pw_set(settings.username, settings.password.read())
+        if settings.tls is not None:
+            # Check the broker's certificate (chain and host name) against the site's CA.
+            client.tls_set(ca_certs=str(settings.tls.ca_file))
         if will is not None:
             client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         # No cap on paho's own queue of outgoing messages: callers bound what they hand over.
@@ -82,8 +85,11 @@ class MqttLink:
         client.on_connect_fail = self._handle_connect_fail
         if on_message is not None:
             client.on_message = lambda _c, _u, msg: on_message(msg)
+        self.refused = 0  # publications the broker refused (MQTT 5 PUBACK with a failure code, e.g. its ACL)
+        self._refused_topics: set[str] = set()
+        self._inflight_topics: dict[int, str] = {}  # message id → topic, to name a refused publication
         if on_published is not None:
-            client.on_publish = lambda _c, _u, mid, _rc, _p: on_published(mid)
+            client.on_publish = lambda _c, _u, mid, rc, _p: self._handle_published(mid, rc, on_published)
         self.client = client
 
     # -- lifecycle
@@ -118,9 +124,25 @@ class MqttLink:
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Hand one message to paho; returns its message id (acknowledged later through on_published)."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos:
+            self._inflight_topics[int(info.mid)] = topic
         return int(info.mid)
 
     # -- paho callbacks (network thread)
+
+    def _handle_published(self, mid: int, reason: Any, on_published: Callable[[int], None]) -> None:
+        topic = self._inflight_topics.pop(mid, None)
+        if getattr(reason, "is_failure", False):
+            # Refused (MQTT 5 PUBACK 0x87 "Not authorized" from the broker's ACL, for instance): the message was
+            # NOT delivered, so it is not reported as published; a collector keeps it in its outbox. Logged once
+            # per topic; never the payload.
+            self.refused += 1
+            if (topic or "?") not in self._refused_topics:
+                self._refused_topics.add(topic or "?")
+                log.error("MQTT %s: the broker refused a publication on %s (%s); check the broker's ACL and this "
+                          "client's account (docs/operations.md)", self.client_id, topic or "?", reason)
+            return
+        on_published(mid)
 
     def _next_delay(self) -> None:
         delay = next(self._backoff)
