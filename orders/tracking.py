@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,6 +46,9 @@ class ProgressTracker:
     rate_window_s: float = 1800.0
     interval_s: float = 10.0
     heartbeat_s: float = 300.0
+    # Told every progress computed, before it is written (in the tracker's thread): the live board (web.live)
+    # keeps the latest in memory. Must not block.
+    on_progress: Callable[[list[Progress]], None] | None = None
     _last: dict[tuple[str, int], tuple[tuple[int, ...], int]] = field(default_factory=dict, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
 
@@ -91,6 +95,8 @@ class ProgressTracker:
     def run_once(self, *, now: datetime | None = None, force: bool = False) -> list[Progress]:
         """Compute and write once; returns the progress computed."""
         progress = self.compute(now=now or datetime.now(UTC))
+        if self.on_progress is not None:
+            self.on_progress(progress)
         self.write(progress, force=force)
         return progress
 

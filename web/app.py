@@ -1,5 +1,6 @@
 """The FastAPI application factory. Nothing is built at import time: the database (migrated to the newest
-revision), the MQTT link and the progress tracker are built by the lifespan, and stopped by it.
+revision), the MQTT links, the progress tracker and the live board's feed are built by the lifespan, and stopped
+by it.
 
     app = create_app(load_workshop("config/workshop.yaml"))
 """
@@ -12,6 +13,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +26,7 @@ from orders.database import database_url_for, make_engine, session_factory
 from orders.migrate import upgrade
 from orders.station import Stations
 from orders.tracking import ProgressTracker
-from web import admin, kiosk, problems
+from web import admin, kiosk, live, problems
 from web.access import KioskKeys, parse_kiosk_keys
 from web.badges import StationLink, reader_scans
 from web.dependencies import WebContext, now
@@ -48,6 +50,7 @@ def create_app(
     mqtt: bool = True,
     progress: bool = True,
     kiosk_keys: Mapping[str, str] | None = None,
+    live_options: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The web service for `workshop`.
 
@@ -55,6 +58,7 @@ def create_app(
     - `mqtt`: connect to the broker (publish job contexts, listen to badge readers). Off: contexts are only logged.
     - `progress`: run the progress tracker thread (writes `order_progress` to InfluxDB).
     - `kiosk_keys`: machine → key; default `web.kiosk_keys` (environment or file). Checked like the configured ones.
+    - `live_options`: keyword arguments of the live board's `web.live.LiveFeed` (e.g. `stale_after_s`).
     """
 
     @contextlib.asynccontextmanager
@@ -62,10 +66,16 @@ def create_app(
         running = _Running()
         web = await asyncio.to_thread(_build, workshop, database_url, mqtt, kiosk_keys, running)
         app.state.copeau = web
+        # The live board (/tableau): its own MQTT connection; the tracker hands it every progress it computes.
+        app.state.live = board = live.LiveFeed(workshop, sessions=web.sessions, mqtt=mqtt,
+                                                     **(live_options or {}))
+        web.tracker.on_progress = board.progress
         try:
             await asyncio.to_thread(_start, web, progress, running)
+            await asyncio.to_thread(board.start)
             yield
         finally:
+            await asyncio.to_thread(board.stop)
             await asyncio.to_thread(_stop, web, running)
 
     app = FastAPI(
@@ -83,6 +93,8 @@ def create_app(
     app.include_router(kiosk.api)
     app.include_router(admin.pages)
     app.include_router(admin.api)
+    app.include_router(live.router)
+    app.include_router(live.api)
     return app
 
 

@@ -21,6 +21,7 @@ from orders import catalog
 from orders.seed import APPRENTICES, DEMO_LOGIN, DEMO_PASSWORD, seed_demo
 from web.access import new_kiosk_key
 from web.app import create_app
+from web.live import StreamingServer
 
 # Who works where in the demo: (machine, apprentice badge, job card). The jobs fit the machines' kinds.
 ASSIGNMENTS = [
@@ -42,8 +43,9 @@ class DemoWebService:
         self.app = create_app(workshop, kiosk_keys=self.keys)
         settings = workshop.web
         self.base_url = f"http://{settings.host}:{settings.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        self._server = StreamingServer(  # uvicorn's, ending the live board's streams when it stops
+            uvicorn.Config(self.app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                           timeout_graceful_shutdown=5)
         )
         # Off the main thread, uvicorn leaves the demo's Ctrl-C handling alone.
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
@@ -99,6 +101,7 @@ class DemoWebService:
         lines = [t("demo.web", url=self.base_url, login=DEMO_LOGIN, password=DEMO_PASSWORD)]
         for machine, key in self.keys.items():
             lines.append(f"  {machine:<13} {self.base_url}/kiosque/{machine}?cle={key}")
+        lines.append(t("demo.board", url=f"{self.base_url}/tableau"))
         return lines
 
     def stop(self) -> None:

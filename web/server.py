@@ -17,6 +17,7 @@ from orders.database import database_url_for, make_engine, session_factory
 from orders.migrate import upgrade
 from web.access import parse_kiosk_keys
 from web.app import create_app
+from web.live import StreamingServer
 
 
 def serve(workshop: Workshop, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
@@ -26,8 +27,10 @@ def serve(workshop: Workshop, *, host: str | None = None, port: int | None = Non
     """
     parse_kiosk_keys(workshop.web.kiosk_keys.read(), machines=[m.id for m in workshop.machines])
     app = create_app(workshop)
-    uvicorn.run(app, host=host or workshop.web.host, port=port or workshop.web.port, log_level=log_level,
-                access_log=log_level == "debug")
+    # StreamingServer: uvicorn's, ending the live board's event streams on shutdown (they would hold it).
+    StreamingServer(uvicorn.Config(app, host=host or workshop.web.host, port=port or workshop.web.port,
+                                   log_level=log_level, access_log=log_level == "debug",
+                                   timeout_graceful_shutdown=10)).run()
 
 
 def add_maitre(workshop: Workshop, *, login: str, display_name: str, password: str) -> None:

@@ -285,6 +285,58 @@ def test_second_badge_in_on_a_busy_machine(web: Harness) -> None:
     assert (state["first_name"], state["job"]["code"]) == ("Zoé", "CMD-2026-017/10")
 
 
+def test_a_declaration_larger_than_the_parts_made_is_refused_and_changes_nothing(
+    web: Harness, watcher: Watcher
+) -> None:
+    """Issue #4: good + scrap above what the machine counted during the session is refused, at the kiosk and on a
+    maître's correction, in plain French (English on request), with the database and the job context untouched."""
+    code = web.codes["BADGE-ZOE"]
+    before_session = time.time_ns() - 3600 * NS
+    state = start_job(web)
+    started_ns = int(datetime.fromisoformat(state["started_at"]).timestamp() * NS)
+    # 5 parts of the same job made an hour earlier (another session), then 2 in this one: only the 2 count.
+    web.write_parts(machine=MILL, order="CMD-2026-017", operation=10, apprentice=code, counts=[5],
+                    start_ns=before_session)
+    web.write_parts(machine=MILL, order="CMD-2026-017", operation=10, apprentice=code, counts=[1, 1],
+                    start_ns=started_ns + NS)
+    live = web.kiosk("GET", MILL, "etat").json()
+    assert (live["session_parts"], live["job_good"]) == (2, 7)
+    context = wait_until(lambda: (c := watcher.last(MILL)) and c.context.order and c, timeout=WAIT_S,
+                         what="the job's context")
+
+    before = web.snapshot()
+    refused = web.kiosk("POST", MILL, "declaration", {"good": 2, "scrap": {"COTE": 1}})
+    assert refused.status_code == 422
+    assert refused.json() == {"error": "declaration_too_large", "errors": [], "message": (
+        "Vous déclarez 3 pièce(s), mais la machine n'en a compté que 2 pendant ce travail. Corrigez les nombres.")}
+    english = web.kiosk("POST", MILL, "declaration", {"good": 3, "scrap": {}}, lang="en")
+    assert english.status_code == 422
+    assert english.json()["message"] == (
+        "You declare 3 part(s), but the machine counted only 2 during this job. Fix the numbers.")
+    assert web.snapshot() == before  # no declaration, no scrap count, the session still open
+    still = web.kiosk("GET", MILL, "etat").json()
+    assert (still["step"], still["session_parts"], still["ended_session"]) == ("running", 2, None)
+    assert watcher.last(MILL) == context  # no "job ended" context was published
+
+    # A maître's correction is checked the same way: the session is closed without a declaration, then declared.
+    client, csrf = web.maitre()
+    (session,) = client.get("/api/sessions", params={"open_only": True}).json()
+    closed = client.post(f"/api/sessions/{session['id']}/cloture", headers={"X-CSRF-Token": csrf})
+    assert closed.status_code == 200, closed.text
+    before = web.snapshot()
+    too_many = client.post(f"/api/sessions/{session['id']}/declaration", headers={"X-CSRF-Token": csrf},
+                           json={"good": 1, "scrap": {"COTE": 1, "REGLAGE": 1}})
+    assert too_many.status_code == 422
+    assert too_many.json()["message"] == (
+        "Vous déclarez 3 pièce(s), mais la machine n'en a compté que 2 pendant ce travail. Corrigez les nombres.")
+    assert web.snapshot() == before
+    # The numbers that fit are accepted: the refusal was about the count, nothing else.
+    fits = client.post(f"/api/sessions/{session['id']}/declaration", headers={"X-CSRF-Token": csrf},
+                       json={"good": 1, "scrap": {"COTE": 1}})
+    assert fits.status_code == 200, fits.text
+    assert web.snapshot()["quality_declarations"] == before["quality_declarations"] + 1
+
+
 def test_too_many_unknown_badges(web: Harness) -> None:
     for _ in range(5):
         assert web.kiosk("POST", MILL, "scan", {"code": "essai"}).status_code == 404
