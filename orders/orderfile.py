@@ -235,7 +235,8 @@ def read_order_file(data: bytes | str) -> OrderFile:
     if first is None:
         raise ImportRejected(errors=[ImportProblem(1, "import.empty")])
     delimiter = detect_delimiter(lines[first])
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    # newline="", as the csv module asks: a lone CR (old Mac exports) then ends a row instead of raising csv.Error.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header_row: list[str] | None = None
     columns: list[str | None] = []
     headers: dict[str, str] = {}

@@ -156,7 +156,11 @@ def check_origin(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin is None or request.method in _SAFE_METHODS:
         return
-    if origin == "null" or urlsplit(origin).netloc != request.headers.get("host", ""):
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # e.g. "http://[": not an origin at all (it was a 500)
+        raise CsrfRejected from None
+    if origin == "null" or netloc != request.headers.get("host", ""):
         raise CsrfRejected
 
 

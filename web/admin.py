@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +17,7 @@ from orders.errors import CountsUnavailable, InvalidCredentials, InvalidValue
 from orders.progress import Progress
 from web.access import SESSION_COOKIE, check_origin, close_login, open_login
 from web.dependencies import Maitre, RequestLang, Web, now
+from web.problems import documented
 from web.schemas import (
     ApprenticeCreate,
     ApprenticePublic,
@@ -32,7 +33,7 @@ from web.schemas import (
 )
 
 pages = APIRouter(include_in_schema=False)
-api = APIRouter(prefix="/api", tags=["gestion"])
+api = APIRouter(prefix="/api", tags=["gestion"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 NOTICES = frozenset({"imported", "apprentice_added", "session_closed", "declared", "reason_added", "reason_changed"})
@@ -45,6 +46,8 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 
 FormFields = Annotated[dict[str, str], Depends(form_fields)]
+# A session id the database can hold (SQLite and PostgreSQL integers are 64-bit): a larger one is a 422, not a 500.
+SessionId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _local(path: str | None) -> str:
@@ -61,8 +64,11 @@ def _set_login_cookie(web: Web, response: Response, token: str) -> None:
 
 def _count(value: str, field: str) -> int:
     text = value.strip() or "0"
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (a 500 instead of a clear refusal).
+    if not (text.isascii() and text.isdigit()):
         raise InvalidValue(field=field, problem="orders.value.not_negative")
+    if len(text) > 9:  # more parts than a school makes in years (and int() refuses thousands of digits)
+        raise InvalidValue(field=field, problem="orders.value.too_long", max=9)
     return int(text)
 
 
@@ -174,13 +180,13 @@ def sessions_page(request: Request, web: Web, maitre: Maitre, lang: RequestLang)
 
 
 @pages.post("/admin/sessions/{session_id}/cloture")
-def close_session_form(session_id: int, web: Web, _maitre: Maitre) -> Response:
+def close_session_form(session_id: SessionId, web: Web, _maitre: Maitre) -> Response:
     web.stations.close_session(session_id=session_id, now=now())
     return RedirectResponse("/admin/sessions?notice=session_closed", status_code=303)
 
 
 @pages.post("/admin/sessions/{session_id}/declaration")
-def declare_session_form(session_id: int, web: Web, _maitre: Maitre, fields: FormFields) -> Response:
+def declare_session_form(session_id: SessionId, web: Web, _maitre: Maitre, fields: FormFields) -> Response:
     web.stations.declare_for_session(session_id=session_id, good=_count(fields.get("good", ""), "good"),
                                      scrap=_scrap_from_form(fields), now=now())
     web.tracker.poke()
@@ -287,13 +293,16 @@ def add_apprentice_api(body: ApprenticeCreate, web: Web, _maitre: Maitre) -> App
 
 
 @api.get("/sessions", response_model=list[SessionPublic])
-def sessions_api(web: Web, _maitre: Maitre, open_only: bool = False, limit: int = 100) -> list[SessionPublic]:
+def sessions_api(
+    web: Web, _maitre: Maitre, open_only: bool = False, limit: Annotated[int, Query(ge=1)] = 100,
+) -> list[SessionPublic]:
+    """Recent sessions, open ones first (`limit`: at most 1000)."""
     with web.transaction() as db:
         return [SessionPublic.of(s) for s in catalog.list_sessions(db, open_only=open_only, limit=min(limit, 1000))]
 
 
 @api.post("/sessions/{session_id}/cloture", response_model=SessionPublic)
-def close_session_api(session_id: int, web: Web, _maitre: Maitre) -> SessionPublic:
+def close_session_api(session_id: SessionId, web: Web, _maitre: Maitre) -> SessionPublic:
     """Close a session left open (no declaration; add one afterwards)."""
     web.stations.close_session(session_id=session_id, now=now())
     with web.transaction() as db:
@@ -301,7 +310,7 @@ def close_session_api(session_id: int, web: Web, _maitre: Maitre) -> SessionPubl
 
 
 @api.post("/sessions/{session_id}/declaration", response_model=SessionPublic)
-def declare_session_api(session_id: int, body: DeclarationIn, web: Web, _maitre: Maitre) -> SessionPublic:
+def declare_session_api(session_id: SessionId, body: DeclarationIn, web: Web, _maitre: Maitre) -> SessionPublic:
     """Declare good and scrap parts for a closed session that has no declaration yet."""
     web.stations.declare_for_session(session_id=session_id, good=body.good, scrap=body.scrap, now=now())
     web.tracker.poke()

@@ -16,10 +16,12 @@ from orders.texts import texts
 from web.access import KIOSK_COOKIE, BadKioskKey, KioskForbidden, KioskKeyRequired, kiosk_csrf, presented_kiosk
 from web.dependencies import KioskMachine, RequestLang, Web, now
 from web.pages import ONE_YEAR_S, remember_lang
+from web.problems import documented
 from web.schemas import DeclarationIn, JobChoiceIn, KioskState, ScanIn
 
 router = APIRouter()
-api = APIRouter(prefix="/api/kiosque", tags=["kiosque"])
+api = APIRouter(prefix="/api/kiosque", tags=["kiosque"],
+                responses=documented(400, 401, 403, 404, 409, 422, 429, 503))
 
 POLL_MS = 2000
 
