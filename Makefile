@@ -1,6 +1,7 @@
 # Copeau — two commands on a fresh Debian or Ubuntu machine:
 #   make demo   set everything up, then run a simulated workshop (Ctrl-C or DEMO_SECONDS=N to stop)
 #   make test   set everything up, then run the test suite against real mosquitto and influxd
+# And for speed (never part of `make test`): make bench   (see BENCHMARKS.md and bench/README.md)
 # Running either again is fast: the set-up only redoes what is missing or out of date.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.copeau-installed
 
-.PHONY: setup system-deps demo test test-unit test-integration lint clean
+.PHONY: setup system-deps demo test test-unit test-integration bench lint clean
 
 setup: system-deps $(STAMP)
 
@@ -33,6 +34,10 @@ demo: setup
 test: setup
 	$(BIN)/pytest -m "not integration"
 	$(BIN)/pytest -m integration
+
+# The benchmark suite against real mosquitto and influxd: prints a table, writes bench/results/*.json (< 15 min).
+bench: setup
+	$(BIN)/python -m bench
 
 lint: setup
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ something else.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -46,8 +47,8 @@ _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\
 # Tag keys an event already uses, and field keys (InfluxDB 3 refuses a tag and a field with the same name).
 _EVENT_TAG_KEYS = frozenset({"machine", "site", "phase", "outcome"})
 _EVENT_FIELD_KEYS = frozenset(
-    {"seq", "state", "previous", "duration_s", "started_ts", "count", "counter", "reset", "wrapped", "rebuilt",
-     "active", "code", "text"}
+    {"seq", "state", "previous", "duration_s", "started_ts", "count", "good", "counter", "reset", "wrapped",
+     "rebuilt", "active", "code", "text"}
 )
 _DATA_TYPE = {
     EventKind.STATE: StateData,
@@ -119,18 +120,35 @@ def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, 
     Raises LineProtocolError for an empty name or tag value, a name with a backslash or a line break, a
     non-finite float, an integer outside int64, or no fields at all.
     """
-    if measurement.startswith("#"):
-        raise LineProtocolError(f"measurement {measurement!r} would read as a comment")
+    head = _measurement(measurement)
     if not fields:
         raise LineProtocolError(f"a point of {measurement!r} needs at least one field")
-    out = [_name(measurement, _MEASUREMENT_ESCAPES, "measurement")]
-    for key in sorted(tags):
-        out.append(f",{_name(key, _KEY_ESCAPES, 'tag key')}={_name(tags[key], _KEY_ESCAPES, f'tag {key!r}')}")
-    out.append(" ")
-    out.append(",".join(f"{_name(key, _KEY_ESCAPES, 'field key')}={_field_value(key, fields[key])}"
-                        for key in sorted(fields)))
-    out.append(f" {_int64(ts_ns, 'timestamp')}")
-    return "".join(out)
+    tag_text = "".join([_tag(key, tags[key]) for key in sorted(tags)])
+    field_text = ",".join([f"{_field_key(key)}={_field_value(key, fields[key])}" for key in sorted(fields)])
+    return f"{head}{tag_text} {field_text} {_int64(ts_ns, 'timestamp')}"
+
+
+# Speed (bench/README.md): the gateway encodes every message, and the same few names and tag values (site,
+# machines, orders, apprentice codes) come back again and again, so their checked, escaped text is remembered.
+# Bounded caches: a stream of ever-new values only costs the cache's size. Errors are never cached.
+
+
+@functools.lru_cache(maxsize=256)
+def _measurement(measurement: str) -> str:
+    if measurement.startswith("#"):
+        raise LineProtocolError(f"measurement {measurement!r} would read as a comment")
+    return _name(measurement, _MEASUREMENT_ESCAPES, "measurement")
+
+
+@functools.lru_cache(maxsize=8192)
+def _tag(key: str, value: str) -> str:
+    """`,key=value`, escaped."""
+    return f",{_name(key, _KEY_ESCAPES, 'tag key')}={_name(value, _KEY_ESCAPES, f'tag {key!r}')}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_key(key: str) -> str:
+    return _name(key, _KEY_ESCAPES, "field key")
 
 
 def _name(text: str, escapes: dict[int, str], what: str) -> str:
