@@ -295,9 +295,14 @@ class Stations:
         return session_id
 
     def republish_contexts(self, *, now: datetime) -> None:
-        """Publish every machine's job context again (on start: the broker may have lost retained messages)."""
-        with self.sessions.begin() as db:
-            for m in self.machines:
+        """Publish every machine's job context again: on start, and after every reconnection to the broker (a broker
+        killed with kill -9 loses the retained messages it received since its last save, about 2 s).
+
+        Under each machine's lock, like the kiosk's actions: a context read here cannot be published after a newer
+        one that a kiosk published meanwhile.
+        """
+        for m in self.machines:
+            with self._locks[m.id], self.sessions.begin() as db:
                 running = self._open_session(db, m.id)
                 if running is None:
                     self._publish_idle(m.id, now)

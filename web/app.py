@@ -125,6 +125,7 @@ def _build(
     )
     if link is not None:
         link.on_badge = reader_scans(stations)
+        link.on_reconnected = lambda: stations.republish_contexts(now=now())
     return WebContext(workshop=workshop, engine=engine, sessions=sessions, stations=stations, counts=counts,
                       tracker=tracker, kiosk_keys=KioskKeys(keys), pages=Pages(timezone=settings.timezone), link=link)
 

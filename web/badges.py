@@ -42,6 +42,9 @@ class StationLink:
         self._lock = threading.Lock()
         self._all_sent = threading.Condition(self._lock)
         self.on_badge: Callable[[str, BadgeScan], None] | None = None
+        # Called in a thread of its own after every connection but the first: publish the job contexts again.
+        self.on_reconnected: Callable[[], None] | None = None
+        self._connections = 0
         self.link = MqttLink(
             workshop.mqtt,
             client_id=client_id or f"copeau-web-{self.site}",
@@ -98,6 +101,17 @@ class StationLink:
 
     def _subscribe(self, _session_present: bool) -> None:
         self.link.client.subscribe(badge_subscription(self.site), qos=1)
+        self._connections += 1
+        if self._connections > 1 and self.on_reconnected is not None:
+            # Not in paho's network thread: republishing reads the database and waits on the stations' locks.
+            threading.Thread(target=self._reconnected, name="copeau-web-republish", daemon=True).start()
+
+    def _reconnected(self) -> None:
+        try:
+            if self.on_reconnected is not None:
+                self.on_reconnected()
+        except Exception:
+            log.exception("MQTT: could not publish the job contexts again after a reconnection")
 
     def _message(self, msg: paho.MQTTMessage) -> None:
         parts = msg.topic.split("/")

@@ -220,6 +220,26 @@ def test_badge_then_job_publishes_the_retained_context_with_the_code_and_no_name
         late.stop()
 
 
+def test_job_contexts_are_published_again_when_the_broker_comes_back_without_them(
+    web: Harness, broker: ManagedProcess, broker_factory: Any, tmp_path: Path
+) -> None:
+    """A broker killed with kill -9 loses the retained messages it received since its last save (about 2 s): here,
+    all of them (a fresh state directory). After reconnecting, the service publishes every machine's context again,
+    so that a collector that connects then still learns which job is running."""
+    start_job(web)
+    broker.kill()
+    fresh = broker_factory(port=broker.port, state_dir=tmp_path / "fresh-broker")
+    late = Watcher(fresh.port)
+    try:
+        context = wait_until(lambda: (c := late.last(MILL)) and c.context.order and c, timeout=WAIT_S,
+                             what="the running job's context, published again after the reconnection")
+        assert context.context == EventContext(order="CMD-2026-017", operation=10, apprentice=web.codes["BADGE-ZOE"])
+        idle = wait_until(lambda: late.last(LATHE), timeout=WAIT_S, what="the lathe's context")
+        assert idle.context == EventContext()
+    finally:
+        late.stop()
+
+
 def test_parts_appear_and_the_declaration_closes_the_session(web: Harness, watcher: Watcher) -> None:
     state = start_job(web)
     started_ns = int(datetime.fromisoformat(state["started_at"]).timestamp() * NS)
