@@ -2,8 +2,20 @@
 
 One asyncio task per machine polls at the machine's interval (starts staggered across the interval so that
 20 machines are not read in the same millisecond), feeds the pure core, and commits the events with the
-machine's resume point to the outbox. One publisher task hands outbox rows to MQTT (QoS 1) and deletes
+machine's resume point to the outbox. One publisher task hands outbox rows to MQTT (QoS 1) and marks
 them when the broker acknowledges them. A broker outage therefore only makes the outbox grow.
+
+**Replay after every new connection** (`collector.replay_window_s`, 10 s by default). A PUBACK is not the end
+of the story: mosquitto saves its queue about every 2 s, so a broker killed with `kill -9` (or a power cut)
+loses what it acknowledged since its last save. The outbox keeps acknowledged rows until the broker has proved
+it was alive `replay_window_s` after the PUBACK (any later PUBACK on the same connection, the health reports'
+included: a broker alive that long has saved since); after every new connection the publisher first publishes
+every kept row again, byte for byte, then the backlog. Every connection, not only when the broker reports it
+lost our session: our session is clean anyway, and what a killed broker loses includes the messages queued for
+the gateway's durable session, which our session never knew about. The gateway's writes are idempotent (same
+point, same bytes), so a replay costs a few seconds' worth of duplicate deliveries and nothing downstream;
+collectors/outbox.py has the details. The retained status (`online`) and health report are published again on
+every connection too.
 
 A machine that cannot be read is published once as `offline` (never as stale values), logged once on loss
 and once on recovery, and retried with a full-jitter backoff capped at `collector.reconnect_max_s` (2 s by default).
@@ -94,8 +106,9 @@ class _Track:
 
 @dataclass
 class CollectorStats:
-    published: int = 0
+    published: int = 0  # first publications and replays
     acknowledged: int = 0
+    replayed: int = 0  # kept rows published again after a new connection
     views: dict[str, MachineView] = field(default_factory=dict)
 
 
@@ -131,14 +144,23 @@ class Collector:
             outbox or outbox_path(workshop),
             max_bytes=int(settings.outbox_max_mb * MB),
             min_free_bytes=int(settings.spool_min_free_mb * MB),
+            retain_acknowledged=settings.replay_window_s > 0,
         )
+        self._replay_window_s = settings.replay_window_s
+        self._replay_after = 0  # the replay's cursor: kept rows up to `_replay_upto` are published again
+        self._replay_upto = 0
+        self._alive_at = time.monotonic()  # the broker's latest PUBACK (or CONNACK) on the current connection
         self.stats = CollectorStats(views={m.id: MachineView() for m in workshop.machines})
         self._inflight: dict[int, int] = {}  # MQTT message id → outbox row id
         self._handing: set[int] = set()  # outbox rows read by the publisher and about to be handed to paho
         self._started = time.monotonic()
         self._closed = False
+        # Set when the collector stops. The readers check it at every turn as well as being cancelled: a driver
+        # that turns a cancellation into its own error (seen as a collector that would not stop on SIGTERM) must
+        # not keep a reader polling.
+        self._stopping = False
         self._health_backlog: deque[CollectorHealth] = deque(maxlen=HEALTH_BACKLOG)
-        self._acked: list[int] = []
+        self._acked: list[tuple[int, float]] = []  # (MQTT message id, monotonic time of its PUBACK)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         # The job each machine is working on (retained on MQTT, published by the kiosk service); events are
@@ -175,6 +197,7 @@ class Collector:
                 publisher = tg.create_task(self._publish_loop(), name="publish")
                 reporter = tg.create_task(self._health_loop(), name="health")
                 await stop.wait()
+                self._stopping = True
                 for task in pollers:
                     task.cancel()
                 await self._drain(drain_timeout_s)
@@ -225,7 +248,7 @@ class Collector:
         interval = machine.interval_s
         next_tick = loop.time() + offset_s
         backoff = None
-        while True:
+        while not self._stopping:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             try:
                 sample = await source.read()
@@ -237,6 +260,8 @@ class Collector:
                     log.warning("%s: cannot be read (%s); retrying", machine.id, exc)
                     backoff = full_jitter(base_s=interval, cap_s=self.workshop.collector.reconnect_max_s)
                 sample = Sample(ts=self._clock_ns(), available=False)
+            if self._stopping:
+                return  # a read interrupted by the stop is not the machine's fault: nothing to record
             self._apply(track, sample)
             next_tick += interval
             if backoff is not None:
@@ -251,6 +276,8 @@ class Collector:
         and yields an unavailable sample while it cannot."""
         track = self._track(machine)
         async for sample in source.samples():
+            if self._stopping:
+                return
             self._apply(track, sample)
 
     def _apply(self, track: _Track, sample: Sample) -> None:
@@ -328,11 +355,10 @@ class Collector:
             except TimeoutError:
                 pass
             self._wake.clear()
-            if self._acked:
-                acked, self._acked = self._acked, []
-                ids = [self._inflight.pop(mid) for mid in acked if mid in self._inflight]
-                self.outbox.acknowledge(ids)
-                self.stats.acknowledged += len(ids)
+            self._take_acks()
+            if self._replay_window_s > 0:
+                # Kept rows the broker has outlived by the window: it has saved them (or delivered them) since.
+                self.outbox.prune(before=self._alive_at - self._replay_window_s)
             if not self._inflight:
                 last_sent = 0  # everything handed over was acknowledged: rescan from the oldest row
             if not self.link.connected.is_set():
@@ -340,6 +366,10 @@ class Collector:
             room = max_inflight - len(self._inflight)
             if room <= 0:
                 continue
+            if self._replay_after < self._replay_upto:
+                room -= await self._replay(room)
+                if room <= 0:
+                    continue
             rows = self.outbox.pending(after_id=last_sent, limit=room)
             self._handing = {row.id for row in rows}  # the pollers' commits must not shed these meanwhile
             try:
@@ -355,6 +385,50 @@ class Collector:
                         await asyncio.sleep(0)
             finally:
                 self._handing = set()
+
+    def _take_acks(self) -> None:
+        """Hand the PUBACKs received so far to the outbox, in one transaction. They are dated by the latest one:
+        later than some of them, so a row is at most pruned a little later, never earlier."""
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        ids = [self._inflight.pop(mid) for mid, _ in acked if mid in self._inflight]
+        if ids:
+            self.outbox.acknowledge(ids, at=acked[-1][1])
+            self.stats.acknowledged += len(ids)
+
+    async def _replay(self, room: int) -> int:
+        """Publish kept rows again (after a new connection), at most `room`; returns how many were handed over."""
+        rows = self.outbox.retained(after_id=self._replay_after, upto_id=self._replay_upto, limit=room)
+        if not rows:
+            self._replay_after = self._replay_upto
+            return 0
+        sending = set(self._inflight.values())  # paho re-sends its unacknowledged messages by itself
+        handed = 0
+        for i, row in enumerate(rows, start=1):
+            self._replay_after = row.id
+            if row.id in sending:
+                continue
+            mid = self.link.publish(row.topic, row.payload)
+            self._inflight[mid] = row.id
+            self.stats.published += 1
+            self.stats.replayed += 1
+            handed += 1
+            if i % PUBLISH_CHUNK == 0:
+                await asyncio.sleep(0)
+        return handed
+
+    def _connected(self) -> None:
+        """A new connection (event loop side): the PUBACKs of the old one first, then a replay of every kept row,
+        none of which may be pruned until this connection acknowledges it again."""
+        self._take_acks()
+        self._alive_at = time.monotonic()
+        self._replay_after = 0
+        self._replay_upto = self.outbox.start_replay()
+        if self._replay_upto:
+            log.info("MQTT connection: publishing again the %d events acknowledged in the last %g s",
+                     self.outbox.stats().replay_events, self._replay_window_s)
+        self._wake.set()
 
     def _sending(self) -> set[int]:
         """Outbox rows that must not be shed: handed to the broker (or about to be) and not acknowledged."""
@@ -438,7 +512,9 @@ class Collector:
             self._loop.call_soon_threadsafe(self._ack, mid)
 
     def _ack(self, mid: int) -> None:
-        self._acked.append(mid)
+        now = time.monotonic()
+        self._alive_at = now  # any PUBACK proves the broker alive, health reports' included
+        self._acked.append((mid, now))
         self._wake.set()
 
     def _on_connected(self, _session_present: bool) -> None:
@@ -446,7 +522,8 @@ class Collector:
         for m in self.workshop.machines:
             self.link.client.subscribe(control_topic(self.workshop.site.id, m.id, ControlKind.CONTEXT), qos=1)
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            # In the loop's order: after the PUBACKs of the previous connection already scheduled.
+            self._loop.call_soon_threadsafe(self._connected)
             # At once: the reports kept during the outage, then how things stand now.
             self._loop.call_soon_threadsafe(self._report_health)
 

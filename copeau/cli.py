@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -142,15 +143,32 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+# A service that has not finished stopping this long after SIGTERM/SIGINT prints every thread's stack to its log
+# and exits with status 1 (faulthandler), rather than hang until a service manager kills it without a word (its durable
+# outbox or the broker's session keep what was not acknowledged). Its own drain is bounded well below this.
+STOP_WATCHDOG_S = 20.0
+
+
 def _serve_until_signal(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run `body(stop)` until SIGINT or SIGTERM sets `stop`; `body` must return once `stop` is set."""
+
+    async def watchdog(stop: asyncio.Event) -> None:
+        await stop.wait()
+        faulthandler.dump_traceback_later(STOP_WATCHDOG_S, exit=True)
 
     async def run() -> None:
         stop = asyncio.Event()
         await _until_signal(stop)
-        await body(stop)
+        guard = asyncio.get_running_loop().create_task(watchdog(stop), name="stop-watchdog")
+        try:
+            await body(stop)
+        finally:
+            guard.cancel()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @app.command()

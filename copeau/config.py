@@ -479,6 +479,11 @@ class CollectorSettings(BaseModel):
     spool_min_free_mb: float = Field(default=512.0, ge=0)
     # How often the collector publishes its health report (copeau/v1/<site>/health/collector/<id>).
     health_interval_s: float = Field(default=10.0, ge=0.05, le=3600)
+    # Acknowledged events are kept this long (in broker uptime after their PUBACK) and published again after every
+    # new connection to the broker: a broker killed with kill -9 (or a power cut) loses what it acknowledged since
+    # its last save, which mosquitto 2.0.11 does about every 2 s with `autosave_interval 1`. 10 s is five save
+    # periods: room for a slow disk. 0 = delete at the PUBACK (no replay). See collectors/outbox.py.
+    replay_window_s: float = Field(default=10.0, ge=0, le=3600)
 
 
 class GatewaySettings(BaseModel):
@@ -489,6 +494,9 @@ class GatewaySettings(BaseModel):
     max_batch_lines: int = Field(default=5000, ge=1, le=100_000)
     # How often the gateway publishes its health report (copeau/v1/<site>/health/gateway/<client_id>).
     health_interval_s: float = Field(default=10.0, ge=0.05, le=3600)
+    # Several gateway processes (each with its own client_id) that name the same group split the stream between them
+    # (an MQTT 5 shared subscription, $share/<group>/...); None: this gateway takes every message.
+    shared_group: Slug | None = None
 
 
 class WebSettings(BaseModel):

@@ -379,3 +379,77 @@ def test_an_outbox_from_before_the_limit_is_migrated(tmp_path: Path) -> None:
     assert [Event.model_validate_json(p).kind for p in kept[:-1]] == [EventKind.PART] * 3
     assert kept[-1] == b"not json"  # unreadable: kept, never shed
     assert box.stats().shed_events == len(events) - 3
+
+
+# -- acknowledged rows kept for a replay after a broker restart ------------------------------------------------
+
+
+def test_acknowledged_rows_are_kept_replayed_and_pruned_only_once_acknowledged_again(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, retain_acknowledged=True)
+    box.commit("m1", next_seq=3, snapshot={}, messages=[("t/a", b"1"), ("t/b", b"2"), ("t/c", b"3")])
+    a, b, c = box.pending(after_id=0, limit=10)
+    box.acknowledge([a.id, b.id], at=100.0)
+    # Kept, not backlog: neither pending nor counted in the depth or the limit's bytes.
+    assert [r.payload for r in box.pending(after_id=0, limit=10)] == [b"3"]
+    assert box.depth() == 1
+    stats = box.stats()
+    assert (stats.events, stats.bytes, stats.replay_events, stats.replay_bytes) == (1, 4, 2, 8)
+    assert box.prune(before=100.0) == 0  # acknowledged at 100: not before it
+    # A new connection: everything kept is published again, and nothing is prunable until acknowledged again.
+    upto = box.start_replay()
+    assert upto == b.id
+    assert [r.payload for r in box.retained(after_id=0, upto_id=upto, limit=10)] == [b"1", b"2"]
+    assert box.prune(before=1e9) == 0
+    box.acknowledge([a.id, b.id, c.id], at=200.0)  # the replay and the backlog, acknowledged on the new link
+    assert box.stats().replay_events == 3
+    box.close()
+
+    reopened = Outbox(path, retain_acknowledged=True)  # a restart (a power cut): kept rows are still there
+    assert reopened.depth() == 0
+    assert reopened.stats().replay_events == 3
+    assert reopened.prune(before=1e9) == 0  # not acknowledged by this process yet
+    assert reopened.start_replay() == c.id
+    reopened.acknowledge([a.id, b.id, c.id], at=300.0)
+    assert reopened.prune(before=300.5) == 3
+    assert reopened.stats().replay_events == 0
+    assert reopened.retained(after_id=0, upto_id=c.id, limit=10) == []
+
+
+def test_kept_rows_are_never_shed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=200, retain_acknowledged=True)
+    box.commit("m1", next_seq=5, snapshot={},
+               messages=[Message(f"copeau/v1/s/m1/state{i}", b"x" * 10, ShedClass.STATE) for i in range(5)])
+    kept = [r.id for r in box.pending(after_id=0, limit=10)]
+    box.acknowledge(kept, at=1.0)
+    # Fill the outbox past its limit with new telemetry: only the new (unacknowledged) rows may be shed.
+    box.commit("m1", next_seq=15, snapshot={},
+               messages=[Message(f"copeau/v1/s/m1/state{i}", b"y" * 10, ShedClass.STATE) for i in range(10)])
+    stats = box.stats()
+    assert stats.replay_events == 5
+    assert stats.bytes <= 200
+    assert stats.shed_events == 10 - stats.events
+    assert [r.id for r in box.retained(after_id=0, upto_id=max(kept), limit=10)] == kept
+
+
+def test_without_retention_acknowledged_rows_are_deleted(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    box.commit("m1", next_seq=1, snapshot={}, messages=[("t/a", b"1")])
+    box.acknowledge([r.id for r in box.pending(after_id=0, limit=10)])
+    assert box.start_replay() == 0
+    assert box.stats().replay_events == 0
+
+
+def test_an_outbox_from_before_the_replay_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+        " shed INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO outbox (topic, payload, shed, bytes) VALUES ('t/a', x'31', 0, 4); PRAGMA user_version = 1;"
+    )
+    db.close()
+    box = Outbox(path, retain_acknowledged=True)
+    assert [r.payload for r in box.pending(after_id=0, limit=10)] == [b"1"]  # waiting, not kept
+    assert box.depth() == 1
+    assert box.stats().replay_events == 0
