@@ -3,6 +3,8 @@
 Parts (`--only` takes a comma-separated list of them):
 
 - `gateway`   gateway throughput beside the raw broker pipe, and the gateway's peak RSS (items 1 and 3)
+- `shared`    two gateways on one MQTT 5 shared subscription (`gateway.shared_group`) beside one gateway and the
+              raw pipe (saturated rates)
 - `latency`   publish → queryable in InfluxDB, p50/p99 at 100 and 1,000 msg/s; live board if it exists (item 2)
 - `modbus`    Modbus machines one collector polls at 1 Hz without missing an interval; its CPU and RSS (items 3, 4)
 - `opcua`     OPC UA machines one collector follows by subscription; its CPU (item 4)
@@ -29,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.collector import CollectorSettings, run_modbus, run_opcua
-from bench.gateway import ThroughputSettings, run_throughput
+from bench.gateway import ThroughputSettings, run_shared, run_throughput
 from bench.latency import LatencySettings, run_latency
 from bench.live import run_live
 from bench.profile import profile_gateway
 from bench.report import table
 from bench.stack import Stack, machine_info
 
-PARTS = ("gateway", "latency", "modbus", "opcua", "profile", "dashboards")
+PARTS = ("gateway", "shared", "latency", "modbus", "opcua", "profile", "dashboards")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs: dict[str, Callable[[Stack], dict[str, Any]]] = {
         "gateway": lambda st: run_throughput(st, settings["gateway"], args.runs, log=log),
+        "shared": lambda st: run_shared(st, settings["gateway"], args.runs, log=log),
         "latency": lambda st: run_latency(st, settings["latency"], args.runs, log=log)
         | {"live_board": run_live(st, runs=args.runs, quick=args.quick, log=log)},
         "modbus": lambda st: run_modbus(st, settings["collector"], log=log),

@@ -43,6 +43,7 @@ class ThroughputSettings:
     step_s: float = 6.0  # duration of each paced step
     fractions: tuple[float, ...] = (0.9, 1.0, 1.1, 1.2)  # paced steps, as fractions of the saturated rate
     drain_limit_s: float = 0.5
+    tick_s: float = 0.002  # paced publishers send what is due every 2 ms (bench/publisher.py)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _jobs(stack: Stack, tag: str, settings: ThroughputSettings, *, count: int, r
     ts0 = time.time_ns()
     return [
         PublishJob("127.0.0.1", stack.mqtt_port, f"pub-{tag}-{i}", f"{tag}p{i}", settings.machines_per_publisher,
-                   count // n, ts0, rate=rate / n, window=5000 if rate else 2000)
+                   count // n, ts0, rate=rate / n, window=5000 if rate else 2000, tick_s=settings.tick_s)
         for i in range(n)
     ]
 
@@ -261,3 +262,94 @@ def saturated_gateway(stack: Stack, name: str) -> Iterator[GatewayUnderTest]:
     """A warmed-up gateway, for the profiler (bench/profile.py)."""
     with GatewayUnderTest(stack, name) as gw:
         yield gw
+
+
+# -- several gateways on one shared subscription (`gateway.shared_group`, docs/configuration.md)
+
+
+class SharedGateways:
+    """`members` `copeau gateway` processes in one shared-subscription group, writing to one fresh database.
+
+    The broker hands each message to one member, so a publisher's messages are split between processes and may be
+    stored out of order: "the last one is queryable" no longer means "all are". The end is the count instead."""
+
+    def __init__(self, stack: Stack, name: str, members: int) -> None:
+        self.stack = stack
+        self.database = stack.new_database(name.replace("-", "_"))
+        self.group = f"bench-{name}"
+        self.client_ids = [f"bench-{name}-{i}" for i in range(members)]
+        self.configs = [stack.workshop_yaml(f"{name}-{i}", database=self.database,
+                                            gateway={"client_id": cid, "shared_group": self.group})
+                        for i, cid in enumerate(self.client_ids)]
+        self.procs: list[Any] = []
+
+    def __enter__(self) -> SharedGateways:
+        for cid in self.client_ids:
+            v5_session(self.stack.mqtt_port, cid, subscribe=f"$share/{self.group}/{EVENTS}", expiry_s=3600)
+        self.procs = [self.stack.copeau("gateway", config) for config in self.configs]
+        warm = [event_message(f"warmup-{i:02d}", 3, time.time_ns()) for i in range(4 * len(self.client_ids))]
+        publish_now("127.0.0.1", self.stack.mqtt_port, f"{self.group}-warmup", warm)
+        wait_until(lambda: self.stack.count(self.database, '"part"', "\"machine\" =~ /^warmup-/") == len(warm),
+                   timeout=60, what=f"the {len(self.procs)} gateways of {self.group} to store their first points")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        for cid in self.client_ids:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                v5_session(self.stack.mqtt_port, cid, subscribe=None, expiry_s=0)
+
+    def stored(self, prefixes: list[str]) -> int:
+        regex = "|".join(f"^{p}-" for p in prefixes)
+        return self.stack.count(self.database, where=f'"machine" =~ /{regex}/')
+
+
+def shared_saturated(gws: SharedGateways, tag: str, settings: ThroughputSettings) -> tuple[float, int, float]:
+    """(rate, lost, CPU cores of all members) for `volume` messages published as fast as possible."""
+    jobs = _jobs(gws.stack, tag, settings, count=settings.volume)
+    prefixes = [j.prefix for j in jobs]
+    total = _published(jobs)
+    with PublisherGroup(jobs) as group:
+        cpu0 = sum(cpu_seconds(p.pid) for p in gws.procs)
+        released = group.go()
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: gws.stored(prefixes) >= total, timeout=60 + settings.volume / 1000, interval=0.05,
+                       what="every point")
+        done = time.monotonic_ns()
+        cpu1 = sum(cpu_seconds(p.pid) for p in gws.procs)
+        group.results()
+    seconds = (done - released) / 1e9
+    return total / seconds, total - gws.stored(prefixes), (cpu1 - cpu0) / seconds
+
+
+def run_shared(stack: Stack, settings: ThroughputSettings, runs: int, *, members: int = 2,
+               log: Any = print) -> dict[str, Any]:
+    """Saturated rate of `members` gateways on one shared subscription, beside one gateway and the raw pipe."""
+    per_run: list[dict[str, Any]] = []
+    for run in range(1, runs + 1):
+        log(f"  run {run}/{runs}")
+        raw = raw_pipe(stack, f"sr{run}", settings)
+        with GatewayUnderTest(stack, f"sg{run}") as gw:
+            single, single_lost, single_cpu = gateway_saturated(gw, f"sg{run}", settings)
+            single_rss = peak_rss_mb(gw.pid)
+        with SharedGateways(stack, f"sh{run}", members) as gws:
+            shared, lost, cpu = shared_saturated(gws, f"sh{run}", settings)
+            rss = [peak_rss_mb(p.pid) for p in gws.procs]
+        log(f"    raw pipe {raw:,.0f} msg/s; one gateway {single:,.0f} msg/s ({single_cpu:.2f} core, lost "
+            f"{single_lost}); {members} in a group {shared:,.0f} msg/s ({cpu:.2f} core, lost {lost})")
+        per_run.append({"raw_pipe": raw, "single": single, "single_lost": single_lost, "single_cpu": single_cpu,
+                        "single_rss_mib": single_rss, "shared": shared, "shared_lost": lost, "shared_cpu": cpu,
+                        "shared_rss_mib": rss})
+    return {
+        "settings": asdict(settings),
+        "members": members,
+        "raw_pipe_msg_s": summarize(r["raw_pipe"] for r in per_run).as_dict(),
+        "single_msg_s": summarize(r["single"] for r in per_run).as_dict(),
+        "shared_msg_s": summarize(r["shared"] for r in per_run).as_dict(),
+        "shared_vs_raw_pipe": summarize(r["shared"] / r["raw_pipe"] for r in per_run).as_dict(),
+        "shared_cpu_cores": summarize(r["shared_cpu"] for r in per_run).as_dict(),
+        "shared_peak_rss_mib": summarize(max(r["shared_rss_mib"]) for r in per_run).as_dict(),
+        "lost": sum(r["shared_lost"] + r["single_lost"] for r in per_run),
+        "runs": per_run,
+    }

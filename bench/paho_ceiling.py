@@ -7,6 +7,9 @@ byte, then the rest) and goes back to `select()` after each packet (`loop_read` 
 flight outbound). `BufferedClient` reads 64 KiB at a time and serves paho's small reads from that buffer, and drains
 what is buffered before `select()` again. Both clients here do what the gateway's network thread does and no more:
 an MQTT 5 persistent session, manual acknowledgement of each QoS 1 message, in a paho callback.
+
+The gateway now uses the product version of this idea, with more (copeau/mqttfast.py); this prototype is kept as the
+measurement behind it.
 """
 
 from __future__ import annotations

@@ -39,6 +39,15 @@ def table(summary: dict[str, Any]) -> str:
             ("Gateway peak RSS (VmHWM)", _s(gw["gateway_peak_rss_mib"], "{:.1f}", " MiB"), "≤ 60 MB",
              _verdict(gw["gateway_peak_rss_mib"]["median"] <= 60)),
         ]
+    sh = parts.get("shared")
+    if sh and "error" not in sh:
+        rows += [
+            (f"{sh['members']} gateways on one shared subscription, saturated (one gateway, same run: "
+             f"{_s(sh['single_msg_s'])})", _s(sh["shared_msg_s"], unit=" msg/s"), "—", "—"),
+            (f"{sh['members']} gateways ÷ raw pipe (saturated, same run); CPU of all; lost",
+             f"{_s(sh['shared_vs_raw_pipe'], '{:.0%}')}; {_s(sh['shared_cpu_cores'], '{:.2f}', ' core')}; "
+             f"{sh['lost']}", "≥ 90 %; —; 0", _verdict(sh["shared_vs_raw_pipe"]["median"] >= 0.9 and sh["lost"] == 0)),
+        ]
     lat = parts.get("latency")
     if lat and "error" not in lat:
         for rate in ("100", "1000"):

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from copeau.backoff import full_jitter
 from copeau.config import MqttSettings
+from copeau.mqttfast import FastClient
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class MqttLink:
         on_message: Callable[[paho.MQTTMessage], None] | None = None,
         on_published: Callable[[int], None] | None = None,
         backoff: Callable[[], Iterator[float]] = full_jitter,
+        fast: bool = False,
     ) -> None:
+        """`fast`: use copeau.mqttfast.FastClient (buffered reads, `ack_many`) rather than paho's own client."""
         self.settings = settings
         self.client_id = client_id
         self._clean_start = clean_start
@@ -64,7 +67,7 @@ class MqttLink:
         self._lost_logged = False
         self._stopping = False
 
-        client = paho.Client(
+        client = (FastClient if fast else paho.Client)(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,

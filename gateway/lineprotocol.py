@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from copeau.contract import (
     AlarmData,
@@ -106,12 +107,59 @@ def event_line(event: Event, *, context_tags: Mapping[str, str] | None = None) -
         if data.text is not None:
             fields["text"] = data.text
 
+    _add_context(tags, context_tags)
+    return encode_line(event.kind.value, tags, fields, event.ts)
+
+
+def _add_context(tags: dict[str, str], context_tags: Mapping[str, str] | None) -> None:
     for key, value in (context_tags or {}).items():
         if key in _EVENT_TAG_KEYS or key in _EVENT_FIELD_KEYS or key == "time":
             raise LineProtocolError(f"context tag {key!r} would clash with a name the event already uses")
         if value:
             tags[key] = value
-    return encode_line(event.kind.value, tags, fields, event.ts)
+
+
+def event_fields_line(event: Mapping[str, Any], *, context_tags: Mapping[str, str] | None = None) -> str:
+    """`event_line` for an event decoded as plain values (`copeau.contract.decode_event_fields`, the gateway's
+    fast path): the same line, byte for byte (tests/unit/test_fast_decode.py checks it on fuzzed events)."""
+    kind = event["kind"]
+    data = event["data"]
+    tags: dict[str, str] = {"machine": event["machine"], "site": event["site"]}
+    fields: dict[str, FieldValue] = {"seq": event["seq"]}
+    if kind is EventKind.STATE:
+        fields["state"] = data["state"].value
+        previous = data.get("previous")
+        if previous is not None:
+            fields["previous"] = previous.value
+    elif kind is EventKind.CYCLE:
+        phase = data["phase"]
+        tags["phase"] = phase.value
+        if phase is CyclePhase.END:
+            if (outcome := data.get("outcome")) is not None:
+                tags["outcome"] = outcome.value
+            if (duration := data.get("duration_s")) is not None:
+                fields["duration_s"] = float(duration)
+            if (started := data.get("started_ts")) is not None:
+                fields["started_ts"] = started
+    elif kind is EventKind.PART:
+        fields["count"] = data["count"]
+        if (good := data.get("good")) is not None:
+            fields["good"] = good
+        if (counter := data.get("counter")) is not None:
+            fields["counter"] = counter
+        fields["reset"] = data.get("reset", False)
+        fields["wrapped"] = data.get("wrapped", False)
+        fields["rebuilt"] = data.get("rebuilt", False)
+    elif kind is EventKind.ALARM:
+        fields["active"] = data["active"]
+        if (code := data.get("code")) is not None:
+            fields["code"] = code
+        if (text := data.get("text")) is not None:
+            fields["text"] = text
+    else:
+        raise LineProtocolError(f"unknown event kind {kind!r}")
+    _add_context(tags, context_tags)
+    return encode_line(kind.value, tags, fields, event["ts"])
 
 
 def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts_ns: int) -> str:

@@ -9,8 +9,14 @@ Theory of operation:
   point and InfluxDB keeps it once.
 - paho's network thread only puts each message on a queue. One writer thread takes the first message
   (waiting), then whatever else is already queued (not waiting), up to `max_batch_lines`: a lone message is
-  written at once, and batches grow only under load. The broker sends at most `receive_maximum` unacknowledged
-  messages, which bounds the queue.
+  written at once, and batches grow only under load. The queue holds at most 2 × `max_batch_lines` messages: the
+  network thread stops reading the socket at that depth (TCP then holds the broker back) until the writer takes
+  a batch. The MQTT 5 `receive_maximum` asks the broker for the same bound, but mosquitto 2.0.11 sends more than
+  that once acknowledgements flow (measured: 71,000 unacknowledged with a receive maximum of 10,000).
+- Speed (issue #7, BENCHMARKS.md): paho's network thread reads the socket in 64 KiB chunks, decodes a plain
+  PUBLISH without paho's per-message extras, and sends a batch's PUBACKs as one packet (copeau/mqttfast.py, with a
+  checked fallback to paho's own code); the writer decodes with `decode_event_fields` (plain values, the same
+  acceptance as the contract's models) and encodes with `event_fields_line` (the same line as `event_line`).
 - Each message of a batch is decoded against the contract and encoded as one line; a message that does not
   follow the contract, or that line protocol cannot carry, is dead-lettered. The lines are written with the
   InfluxWriter policy (retry forever, split on 413, bisect on 400); the lines InfluxDB rejects are dead-lettered.
@@ -39,7 +45,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 
@@ -56,14 +62,16 @@ from copeau.contract import (
     GatewayMetrics,
     age_s,
     decode_event,
+    decode_event_fields,
     decode_health,
     is_control_topic,
     is_health_topic,
 )
 from copeau.mqtt import MqttLink
+from copeau.mqttfast import FastClient
 from gateway.deadletter import DeadLetters
 from gateway.influx import InfluxWriter, StoreStopped
-from gateway.lineprotocol import FieldValue, LineProtocolError, encode_line, event_line
+from gateway.lineprotocol import FieldValue, LineProtocolError, encode_line, event_fields_line, event_line
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +163,23 @@ class Gateway:
             receive_maximum=min(65535, 2 * settings.max_batch_lines),
             on_connected=self._on_connected,
             on_message=self._on_message,
+            fast=True,  # buffered reads and one PUBACK packet per batch (copeau/mqttfast.py)
         )
-        # MqttLink does not use these two paho hooks; the gateway needs them for epochs and readiness.
-        self.link.client.on_pre_connect = self._on_pre_connect
-        self.link.client.on_subscribe = self._on_subscribe
+        self._client = cast(FastClient, self.link.client)
+        # MqttLink does not use these paho hooks; the gateway needs them for epochs and readiness. The epoch moves
+        # on before paho drops the old connection's queued packets (before_reconnect), and again once it has.
+        self._client.before_reconnect = self._new_epoch
+        self._client.on_pre_connect = self._on_pre_connect
+        self._client.on_subscribe = self._on_subscribe
+        # The inbox's bound: mosquitto 2.0.11 lets more than `receive_maximum` messages be in flight once PUBACKs
+        # flow (measured: BENCHMARKS.md), so the network thread stops reading at this depth (copeau/mqttfast.py).
+        self._inbox_limit = min(65535, 2 * settings.max_batch_lines)
+        self._room = threading.Event()
+        self._client.may_read = self._may_read
+        group = settings.shared_group
+        # With a group, the broker hands each message to one of the group's gateways (MQTT 5 shared subscription).
+        self.subscriptions = tuple(f"$share/{group}/{topic}" if group else topic
+                                   for topic in (EVENT_SUBSCRIPTION, HEALTH_SUBSCRIPTION))
         self._thread = threading.Thread(target=self._run, name=f"gateway-writer-{settings.client_id}", daemon=True)
         self._health_thread = threading.Thread(
             target=self._health_run, name=f"gateway-health-{settings.client_id}", daemon=True
@@ -274,15 +295,18 @@ class Gateway:
 
     # -- paho callbacks (network thread): no I/O, no waiting
 
-    def _on_pre_connect(self, _client: Any, _userdata: Any) -> None:
-        # Called by paho before each new connection, after it dropped the packets queued for the old one.
+    def _new_epoch(self) -> None:
         with self._ack_lock:
             self._epoch += 1
+
+    def _on_pre_connect(self, _client: Any, _userdata: Any) -> None:
+        # Called by paho before each new connection, after it dropped the packets queued for the old one.
+        self._new_epoch()
         self._subscribed.clear()
 
     def _on_connected(self, session_present: bool) -> None:
         # Subscribe on every connection: the session may have expired, or the broker may have lost it.
-        result, _mid = self.link.client.subscribe([(EVENT_SUBSCRIPTION, 1), (HEALTH_SUBSCRIPTION, 1)])
+        result, _mid = self.link.client.subscribe([(topic, 1) for topic in self.subscriptions])
         if result != paho.MQTT_ERR_SUCCESS:
             log.warning("MQTT %s: could not send SUBSCRIBE (%s)", self.link.client_id, paho.error_string(result))
         elif not session_present:
@@ -292,10 +316,21 @@ class Gateway:
     def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
         if refused:
-            log.error("MQTT %s: broker refused the subscription to %s or %s (%s); check the broker's ACL",
-                      self.link.client_id, EVENT_SUBSCRIPTION, HEALTH_SUBSCRIPTION, refused[0])
+            log.error("MQTT %s: broker refused the subscription to %s (%s); check the broker's ACL",
+                      self.link.client_id, " or ".join(self.subscriptions), refused[0])
             return
         self._subscribed.set()
+
+    def _may_read(self) -> bool:
+        # Network thread. The writer sets `_room` after each take; the short wait keeps paho's loop turning (writes,
+        # keepalives) while the inbox is full.
+        if self._inbox.qsize() < self._inbox_limit:
+            return True
+        self._room.clear()
+        if self._inbox.qsize() < self._inbox_limit:  # the writer took some meanwhile
+            return True
+        self._room.wait(0.01)
+        return self._inbox.qsize() < self._inbox_limit
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         # Not `msg.topic`: it raises on a topic that is not UTF-8, and an exception here would end paho's
@@ -325,6 +360,7 @@ class Gateway:
                     batch.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+            self._room.set()
             try:
                 self._process(batch)
             except StoreStopped as exc:
@@ -345,9 +381,9 @@ class Gateway:
                 if topic is not None and is_health:
                     new = health_lines(decode_health(topic, delivery.payload))
                 else:
-                    event, line = _encode(delivery)
+                    fields, line = _encode_fields(delivery)
                     new = [line]
-                    self._seen(event)
+                    self._seen(fields)
             except ContractError as exc:
                 self._dead_letter(delivery, exc.reason)
             except LineProtocolError as exc:
@@ -393,28 +429,53 @@ class Gateway:
         with self._ack_lock:
             if self._acks_closed:
                 return
-            for delivery in batch:
-                # QoS 0 needs no acknowledgement (paho ignores it); an older connection's copy is re-delivered.
-                if delivery.epoch == self._epoch:
-                    self.link.client.ack(delivery.mid, delivery.qos)
+            epoch = self._epoch
+            # QoS 0 needs no acknowledgement; an older connection's copy is re-delivered. The subscriptions are
+            # QoS 1, so QoS 2 never comes: acknowledged one by one all the same, should it ever.
+            if any(d.qos == 2 for d in batch):
+                for delivery in batch:
+                    if delivery.epoch == epoch:
+                        self._client.ack(delivery.mid, delivery.qos)
+                return
+            self._client.ack_many([d.mid for d in batch if d.qos == 1 and d.epoch == epoch])
 
-    def _seen(self, event: Event) -> None:
-        if event.site != self.workshop.site.id:
+    def _seen(self, event: dict[str, Any]) -> None:
+        if event["site"] != self.workshop.site.id:
             return  # the health report is per machine of this gateway's site
-        seen = self._machines.get(event.machine)
+        machine, ts = event["machine"], event["ts"]
+        seen = self._machines.get(machine)
         if seen is None:
-            seen = self._machines[event.machine] = _MachineSeen()
+            seen = self._machines[machine] = _MachineSeen()
         seen.received += 1
-        seen.last_event_ts = max(event.ts, seen.last_event_ts or event.ts)
+        seen.last_event_ts = max(ts, seen.last_event_ts or ts)
         seen.last_received_ts = time.time_ns()
 
 
 def _encode(delivery: _Delivery) -> tuple[Event, str]:
-    """The message as one line of line protocol. Raises ContractError or LineProtocolError."""
+    """The message as one line of line protocol, through the contract's models (the reference for
+    `_encode_fields`, which the gateway uses). Raises ContractError or LineProtocolError."""
     if delivery.topic is None:
         raise ContractError("topic is not valid UTF-8")
     event = decode_event(delivery.topic, delivery.payload)
     return event, event_line(event, context_tags=context_tags(event))
+
+
+def _encode_fields(delivery: _Delivery) -> tuple[dict[str, Any], str]:
+    """`_encode` without building models (copeau/contract.py `decode_event_fields`): the same line or the same
+    refusal, about three times faster. Raises ContractError or LineProtocolError."""
+    if delivery.topic is None:
+        raise ContractError("topic is not valid UTF-8")
+    event = decode_event_fields(delivery.topic, delivery.payload)
+    ctx = event.get("ctx")
+    tags: dict[str, str] = {}
+    if ctx is not None:  # as context_tags(): order, operation, apprentice code (never a name); empty ones left out
+        if order := ctx.get("order"):
+            tags["order"] = order
+        if (operation := ctx.get("operation")) is not None:
+            tags["operation"] = str(operation)
+        if apprentice := ctx.get("apprentice"):
+            tags["apprentice"] = apprentice
+    return event, event_fields_line(event, context_tags=tags)
 
 
 def health_lines(report: CollectorHealth | GatewayHealth) -> list[str]:

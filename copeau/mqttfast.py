@@ -1,0 +1,227 @@
+"""A paho client that reads the socket in large chunks and acknowledges a batch of messages at once.
+
+Theory of operation (issue #7, BENCHMARKS.md): at tens of thousands of QoS 1 messages a second, paho's network
+thread, not the broker, is what limits a Python subscriber. paho reads each packet with several tiny `recv()`
+calls (the command byte, the length one byte at a time, then the rest), goes back to `select()` after each packet,
+and sends each PUBACK as its own queued packet (one `send()` and one wake-up of its loop per message). This module
+changes these private details of paho, and nothing of the protocol:
+
+- `_sock_recv(n)` is served from a 64 KiB buffer filled by one `recv()`; paho's own packet parser (`_packet_read`)
+  is untouched and still asks for 1 byte, then the length, then the rest. The buffer belongs to one socket object:
+  after a reconnect, bytes left from the old socket are dropped, never parsed as the new connection's.
+- `loop_read()` keeps parsing while bytes are buffered (select() cannot see them), writing what is queued (the
+  PUBACKs) every `_WRITE_EVERY` packets so that acknowledgements keep flowing under a continuous stream.
+- `ack_many(mids)` queues the PUBACKs of a whole batch as one packet (one `_packet_queue` call, one wake-up, one
+  `send()`), in the order given: the same bytes on the wire as `ack()` called for each, in that order.
+- `_handle_publish()` decodes the common PUBLISH (MQTT 5, QoS 0 or 1, no properties, no per-topic callbacks) itself
+  and calls `on_message` directly: no `Properties` object, topic-filter match or debug log line per message (the
+  message's `properties` is then None). Anything else goes to paho's own `_handle_publish`.
+- `may_read` (optional): while it returns False, `loop_read()` reads nothing (flow control for a consumer whose
+  queue is full; paho's loop keeps sending and pinging meanwhile).
+
+It also calls `before_reconnect` (if set) at the start of every `reconnect()`, before paho drops the packets queued
+for the old connection, so that a user can stop acknowledging the old connection's messages from that moment.
+
+Safety: these are private methods, so the override applies only to paho versions in `_TESTED` (pyproject pins the
+same range) whose classes still look as expected (`_check()`: the methods and their parameters, and that
+`_packet_read` reads through `_sock_recv` and `_packet_queue` appends to `_out_packet`, and the client and message
+attributes used exist). Otherwise the client logs one warning and behaves exactly as paho's own (`ack_many` then
+calls `ack` for each message, and `may_read` is not consulted); `tests/unit/test_mqttfast.py` fails if the override
+stops applying.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import struct
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+
+log = logging.getLogger(__name__)
+
+_TESTED = ((2, 1), (2, 2))  # paho-mqtt minor versions checked by tests/unit/test_mqttfast.py
+_READ_SIZE = 65536
+_WRITE_EVERY = 256  # packets parsed from the buffer between two flushes of the queued PUBACKs
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_COMMAND = PacketTypes.PUBACK << 4  # 0x40, as paho's own PUBACK constant
+
+
+def _check() -> str | None:
+    """None when paho's internals are those this module was written against; else what differs."""
+    try:
+        major, minor = (int(x) for x in version("paho-mqtt").split(".")[:2])
+    except (ValueError, ImportError) as exc:
+        return f"cannot read paho-mqtt's version ({exc})"
+    if (major, minor) not in _TESTED:
+        return f"paho-mqtt {major}.{minor} is not one of the tested versions {_TESTED}"
+    client = paho.Client
+    expected = {
+        "_sock_recv": ["self", "bufsize"],
+        "loop_read": ["self", "max_packets"],
+        "_packet_queue": ["self", "command", "packet", "mid", "qos", "info"],
+        "reconnect": ["self"],
+        "loop_write": ["self"],
+    }
+    for name, params in expected.items():
+        method = getattr(client, name, None)
+        if method is None:
+            return f"paho.Client.{name} is gone"
+        if list(inspect.signature(method).parameters) != params:
+            return f"paho.Client.{name} takes {list(inspect.signature(method).parameters)}, not {params}"
+    if "_sock_recv" not in client._packet_read.__code__.co_names:
+        return "paho.Client._packet_read no longer reads through _sock_recv"
+    if "_out_packet" not in client._packet_queue.__code__.co_names:
+        return "paho.Client._packet_queue no longer queues on _out_packet"
+    if getattr(paho, "PUBACK", None) != _PUBACK_COMMAND:
+        return "paho's PUBACK command byte changed"
+    if list(inspect.signature(client._handle_publish).parameters) != ["self"]:
+        return "paho.Client._handle_publish takes parameters"
+    probe = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    missing = [a for a in _CLIENT_ATTRIBUTES if not hasattr(probe, a)]
+    if missing:
+        return f"paho.Client has no {', '.join(missing)}"
+    message = paho.MQTTMessage(mid=1, topic=b"t")
+    missing = [a for a in ("qos", "retain", "dup", "payload", "properties", "timestamp") if not hasattr(message, a)]
+    if missing:
+        return f"paho.MQTTMessage has no {', '.join(missing)}"
+    return None
+
+
+# What the overrides read or call on a paho client (checked on a throwaway client at import).
+_CLIENT_ATTRIBUTES = ("_sock", "_in_packet", "_out_packet", "_protocol", "_manual_ack", "_callback_mutex",
+                      "_in_callback_mutex", "_userdata", "suppress_exceptions", "on_message", "_easy_log",
+                      "_send_puback", "want_write")
+
+
+PROBLEM = _check()
+ACTIVE = PROBLEM is None
+
+
+@functools.cache
+def _warn_disabled() -> None:
+    log.warning("paho-mqtt fast path disabled, using paho's own reads and acknowledgements: %s", PROBLEM)
+
+
+class FastClient(paho.Client):
+    """paho.Client with buffered reads and `ack_many()`; plain paho when its internals are not the expected ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast = ACTIVE  # whether the overrides below are in use for this client
+        self.before_reconnect: Callable[[], None] | None = None
+        self._copeau_buf = b""
+        self._copeau_pos = 0
+        self._copeau_sock: Any = None  # the socket the buffer was read from
+        self._copeau_filters = False  # message_callback_add() was used: paho's own dispatch then
+        # Flow control: when set and it returns False, no packet is read (it may wait a few ms first); paho's loop
+        # still sends what is queued and its keepalives, and TCP holds the broker back meanwhile.
+        self.may_read: Callable[[], bool] | None = None
+        if not ACTIVE:
+            _warn_disabled()  # once per process
+
+    # -- reads
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self.fast:
+            return super()._sock_recv(bufsize)
+        buf, pos = self._copeau_buf, self._copeau_pos
+        if pos >= len(buf) or self._copeau_sock is not self._sock:
+            self._copeau_buf, self._copeau_pos = b"", 0  # also when the socket changed: old bytes are dropped
+            buf = super()._sock_recv(_READ_SIZE)  # may raise BlockingIOError and the like, exactly as paho's
+            self._copeau_buf, self._copeau_sock = buf, self._sock
+            pos = 0
+        end = pos + bufsize
+        self._copeau_pos = end
+        if pos == 0 and end >= len(buf):
+            return buf
+        return buf[pos:end]
+
+    def _buffered(self) -> bool:
+        return self._copeau_pos < len(self._copeau_buf) and self._copeau_sock is self._sock is not None
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        may_read = self.may_read if self.fast else None
+        if may_read is not None and not may_read():
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        rc = super().loop_read(max_packets)
+        if not self.fast:
+            return rc
+        parsed = 0
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered() and (may_read is None or may_read()):
+            rc = super().loop_read(max_packets)
+            parsed += 1
+            if parsed % _WRITE_EVERY == 0 and self.want_write():
+                rc = self.loop_write()  # the PUBACKs queued meanwhile, so that the broker keeps sending
+        return rc
+
+    # -- incoming PUBLISH
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        self._copeau_filters = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """paho's own, except for the common case (MQTT 5, QoS 0 or 1, no properties, no per-topic callbacks), which
+        is decoded here without a `Properties` object, a topic match or a debug log line (`properties` is None)."""
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if not self.fast or qos == 2 or self._copeau_filters or self._protocol != MQTTProtocolVersion.MQTTv5:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        pos = 2 + int.from_bytes(packet[:2], "big")
+        topic = packet[2:pos]
+        mid = 0
+        if qos:
+            mid = int.from_bytes(packet[pos:pos + 2], "big")
+            pos += 2
+        if len(packet) <= pos or packet[pos] != 0:  # properties (or a short packet): paho decides
+            return super()._handle_publish()
+        message = paho.MQTTMessage(mid=mid, topic=bytes(topic))
+        message.dup = bool(header & 0x08)
+        message.qos = qos
+        message.retain = bool(header & 0x01)
+        message.properties = None
+        message.payload = packet[pos + 1:]
+        message.timestamp = time.monotonic()
+        with self._callback_mutex:
+            on_message = self.on_message
+        if on_message:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # -- acknowledgements
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """Acknowledge QoS 1 messages (manual_ack mode), in the order given, with one queued packet."""
+        if not mids or not self._manual_ack:
+            return
+        if not self.fast:
+            for mid in mids:
+                self.ack(mid, 1)
+            return
+        pack = _PUBACK.pack
+        self._packet_queue(_PUBACK_COMMAND, b"".join([pack(_PUBACK_COMMAND, 2, mid) for mid in mids]), 0, 1)
+
+    # -- reconnection
+
+    def reconnect(self) -> MQTTErrorCode:
+        hook = self.before_reconnect
+        if hook is not None:
+            hook()
+        return super().reconnect()
