@@ -573,6 +573,23 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "en": "Connection to the server lost. Trying again…",
     },
     "live.updated": {"fr": "Dernière nouvelle : {time}", "en": "Last news: {time}"},
+    "live.last_event": {"fr": "dernier message {time}", "en": "last message {time}"},
+    "live.svc.collector": {"fr": "Collecteur {id} :", "en": "Collector {id}:"},
+    "live.svc.gateway": {"fr": "Passerelle {id} :", "en": "Gateway {id}:"},
+    "live.svc.silent": {"fr": "muet depuis {time}", "en": "silent since {time}"},
+    "live.svc.mqtt_down": {"fr": "coupé du broker MQTT", "en": "cut off from the MQTT broker"},
+    "live.svc.outbox": {"fr": "{n} en attente d'envoi", "en": "{n} waiting to be sent"},
+    "live.svc.spool.1": {
+        "fr": "file d'attente pleine : {n} événements de suivi abandonnés (jamais de pièce)",
+        "en": "outbox full: {n} telemetry events shed (never a part)",
+    },
+    "live.svc.spool.2": {
+        "fr": "disque plein : événements gardés en mémoire", "en": "disk full: events held in memory",
+    },
+    "live.svc.dead_letters": {"fr": "{n} message(s) rejeté(s)", "en": "{n} dead letter(s)"},
+    "live.svc.queue": {"fr": "{n} à écrire", "en": "{n} to write"},
+    "live.svc.influx_down": {"fr": "InfluxDB ne répond pas", "en": "InfluxDB not answering"},
+    "live.svc.reconnects": {"fr": "{n} reconnexion(s)", "en": "{n} reconnection(s)"},
     "demo.board": {
         "fr": "Tableau de l'atelier, pour l'écran de l'atelier : {url}",
         "en": "Workshop board, for the workshop TV: {url}",

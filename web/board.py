@@ -25,6 +25,10 @@ Theory of operation.
   (heard live, then found stored) and the count never goes down. Until InfluxDB has been asked once, the count is
   unknown (None) rather than wrong. Good parts = parts − scrap declared at the kiosks (as in `orders.progress`).
 - The ETA and the delay are the progress tracker's (`orders.tracking`), for the tile's order and operation.
+- Copeau's own health. The latest health report of every collector and gateway of the site is kept and shown in
+  a strip under the tiles (outbox depth, spool alarm, dead letters, reconnects, InfluxDB reachable): a service is
+  in trouble when it says so, or when it missed `HEALTH_MISSES` reports. Each tile also says when the last event
+  of its machine was heard (its source time).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from copeau.contract import (
     CyclePhase,
     Event,
     EventContext,
+    GatewayHealth,
     JobContext,
     MachineState,
     PartData,
@@ -123,6 +128,24 @@ class AlarmTile(BaseModel):
     text: str | None
 
 
+class ServiceTile(BaseModel):
+    """One Copeau service (collector or gateway), from its latest health report."""
+
+    kind: str  # collector | gateway
+    service: str
+    ts_ns: int  # when the report's numbers were taken (source time)
+    silent: bool  # no report for HEALTH_MISSES intervals
+    trouble: bool  # silent, off the broker, shedding or disk full, InfluxDB failing
+    mqtt_connected: bool
+    mqtt_reconnects: int
+    outbox_events: int | None = None  # collector: events waiting for the broker
+    spool_level: int | None = None  # collector: 0 normal, 1 at its limit (shedding telemetry), 2 disk full
+    shed_events: int | None = None
+    dead_letters: int | None = None  # gateway
+    queue_depth: int | None = None
+    influx_ok: bool | None = None
+
+
 class Tile(BaseModel):
     """One machine on the board."""
 
@@ -138,6 +161,7 @@ class Tile(BaseModel):
     scrap: int | None = None  # declared scrap of that operation
     good: int | None = None  # made − scrap, never below 0
     last_cycle_s: float | None = None  # the machine's last completed cycle
+    last_event_ns: int | None = None  # source time of the newest event heard from the machine
     eta: EtaTile | None = None
     rev: int = 0
 
@@ -149,6 +173,7 @@ class BoardView(BaseModel):
     feed_connected: bool  # the web service is connected to the broker
     malformed: int  # messages ignored because they do not follow the contract
     tiles: list[Tile]
+    services: list[ServiceTile] = []  # every time: a few services at most
 
 
 # -- inside
@@ -174,6 +199,7 @@ class _Machine:
     last_cycle_s: float | None = None
     cycle_ts: int = -1
     heard_at: float | None = None
+    last_event_ts: int = -1
     health_limit_s: float | None = None  # the collector's health reports cover it: silence allowed, in seconds
     stale: bool = False
     rev: int = 0
@@ -207,6 +233,7 @@ class LiveBoard:
         self._machines = {m.id: _Machine(m) for m in machines}
         self._collector_online: bool | None = None
         self._health_ts = -1  # time of the newest health report of our collector
+        self._services: dict[tuple[str, str], _Service] = {}  # (kind, service id) → latest report
         self._jobs: dict[OpKey, JobInfo] = {}
         self._parts: dict[OpKey, _Parts] = {}
         self._progress: dict[OpKey, Progress] = {}
@@ -273,12 +300,13 @@ class LiveBoard:
         return Applied(frozenset(self._touch(self._machines)))
 
     def _health(self, topic: str, kind: str, payload: bytes, *, now: float) -> Applied:
-        if kind != ServiceKind.COLLECTOR.value:  # the gateway's: nothing about machines
-            return Applied()
         try:
             report = decode_health(topic, payload)
         except ContractError as exc:
             return self._bad(f"{topic}: {exc.reason}")
+        self._service_report(report, now=now)
+        if kind != ServiceKind.COLLECTOR.value:  # the gateway's: nothing more about machines
+            return Applied()
         if not isinstance(report, CollectorHealth) or report.service != self.collector:
             self.ignored += 1
             return Applied()
@@ -297,6 +325,14 @@ class LiveBoard:
                 changed.add(machine)
         return Applied(frozenset(self._touch(changed)))
 
+    def _service_report(self, report: CollectorHealth | GatewayHealth, *, now: float) -> None:
+        key = (report.kind.value, report.service)
+        known = self._services.get(key)
+        if known is not None and report.ts <= known.report.ts:  # retained again after a reconnection
+            return
+        self._services[key] = _Service(report, heard_at=now)
+        self.rev += 1
+
     # -- decoded inputs
 
     def event(self, event: Event, *, now: float) -> set[str]:
@@ -307,6 +343,9 @@ class LiveBoard:
             return set()
         m.heard_at = now
         changed: set[str] = set()
+        if event.ts > m.last_event_ts:
+            m.last_event_ts = event.ts
+            changed.add(m.info.id)
         if m.stale:
             m.stale = False
             changed.add(m.info.id)
@@ -424,6 +463,11 @@ class LiveBoard:
             if stale != m.stale:
                 m.stale = stale
                 changed.add(m.info.id)
+        for service in self._services.values():
+            silent = now - service.heard_at >= HEALTH_MISSES * service.report.interval_s
+            if silent != service.silent:
+                service.silent = silent
+                self.rev += 1
         return self._touch(changed)
 
     # -- what the transport asks
@@ -449,7 +493,8 @@ class LiveBoard:
         state, reason = self._state(m)
         tile = Tile(machine=m.info.id, name=m.info.name, kind=m.info.kind, state=state, offline_reason=reason,
                     since_ns=m.state_ts if m.state_ts >= 0 else None,
-                    alarm=m.alarm if state is TileState.ALARM else None, last_cycle_s=m.last_cycle_s, rev=m.rev)
+                    alarm=m.alarm if state is TileState.ALARM else None, last_cycle_s=m.last_cycle_s, rev=m.rev,
+                    last_event_ns=m.last_event_ts if m.last_event_ts >= 0 else None)
         key = m.op
         if key is None:
             return tile
@@ -468,16 +513,21 @@ class LiveBoard:
                                late=progress.late, basis=progress.basis.value, remaining=progress.remaining)
         return tile
 
+    def services(self) -> list[ServiceTile]:
+        """Copeau's own services, collectors first, from their latest health reports."""
+        return [self._services[key].tile() for key in sorted(self._services)]
+
     def snapshot(self) -> BoardView:
         return BoardView(rev=self.rev, feed_connected=self._connected, malformed=self.malformed,
-                         tiles=[self.tile(m) for m in self._machines])
+                         tiles=[self.tile(m) for m in self._machines], services=self.services())
 
     def changes_since(self, rev: int) -> BoardView | None:
         """The tiles changed after `rev` (and the feed's state), or None when nothing changed."""
         if rev >= self.rev:
             return None
         tiles = [self.tile(m.info.id) for m in self._machines.values() if m.rev > rev]
-        return BoardView(rev=self.rev, feed_connected=self._connected, malformed=self.malformed, tiles=tiles)
+        return BoardView(rev=self.rev, feed_connected=self._connected, malformed=self.malformed, tiles=tiles,
+                         services=self.services())
 
     # -- helpers
 
@@ -508,6 +558,27 @@ class LiveBoard:
             for machine in changed:
                 self._machines[machine].rev = self.rev
         return changed
+
+
+@dataclass
+class _Service:
+    report: CollectorHealth | GatewayHealth
+    heard_at: float
+    silent: bool = False
+
+    def tile(self) -> ServiceTile:
+        r = self.report
+        tile = ServiceTile(kind=r.kind.value, service=r.service, ts_ns=r.ts, silent=self.silent, trouble=False,
+                           mqtt_connected=r.metrics.mqtt_connected, mqtt_reconnects=r.metrics.mqtt_reconnects)
+        if isinstance(r, CollectorHealth):
+            tile.outbox_events, tile.spool_level = r.metrics.outbox_events, int(r.metrics.spool_level)
+            tile.shed_events = r.metrics.shed_events
+            tile.trouble = self.silent or not r.metrics.mqtt_connected or tile.spool_level > 0
+        else:
+            tile.dead_letters, tile.queue_depth = r.metrics.dead_letters, r.metrics.queue_depth
+            tile.influx_ok = r.metrics.influx_ok
+            tile.trouble = self.silent or not r.metrics.mqtt_connected or not r.metrics.influx_ok
+        return tile
 
 
 def _shown(p: Progress | None) -> tuple[int, ...] | None:

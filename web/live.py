@@ -5,8 +5,9 @@ Theory of operation.
 - `LiveFeed` keeps one `web.board.LiveBoard` (the pure model) up to date, behind one lock:
   - its own MQTT connection (clean start: what happened while the service was down is read from InfluxDB
     instead) subscribes to `copeau/v1/<site>/+/+` (events and job contexts),
-    `copeau/v1/<site>/collectors/+/status` and `copeau/v1/<site>/health/collector/+`; each message is applied
-    in paho's network thread, at once, so that a machine event reaches the browsers well under a second later;
+    `copeau/v1/<site>/collectors/+/status` and `copeau/v1/<site>/health/+/+` (collectors and gateways); each
+    message is applied in paho's network thread, at once, so that a machine event reaches the browsers well under
+    a second later;
   - a worker thread (`copeau-live`) does the slow things: on start and every `reconcile_s` it reads the machines'
     last state and cycle and the parts of the operations on the board from InfluxDB, and the operations' quantity,
     standard cycle, due date and declared scrap from the orders database; every `tick_s` it checks the MQTT link
@@ -46,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from copeau.config import Workshop
-from copeau.contract import TOPIC_ROOT, EventContext, JobContext, MachineState, ServiceKind
+from copeau.contract import TOPIC_ROOT, EventContext, JobContext, MachineState
 from copeau.errors import StoreError
 from copeau.influxql import InfluxQuery
 from copeau.mqtt import MqttLink
@@ -195,7 +196,7 @@ class LiveFeed:
         assert self.link is not None
         self.link.client.subscribe([(f"{TOPIC_ROOT}/{self.site}/+/+", 1),
                                     (f"{TOPIC_ROOT}/{self.site}/collectors/+/status", 1),
-                                    (f"{TOPIC_ROOT}/{self.site}/health/{ServiceKind.COLLECTOR.value}/+", 1)])
+                                    (f"{TOPIC_ROOT}/{self.site}/health/+/+", 1)])
         with self._lock:
             changed = self.board.feed_connected(True)
         self._resync.set()

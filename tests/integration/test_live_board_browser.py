@@ -275,6 +275,22 @@ def test_the_board_follows_the_machines_live_in_chromium(running: Running, brows
     assert measured == pytest.approx(last_cycle, abs=CYCLE_TOLERANCE_S), (shown["cycle"], last_cycle)
     assert tile(driver, OTHER)["job"] == "Pas de travail en cours"
 
+    # Copeau's own services, from their health reports: the collector and the gateway, nothing in trouble.
+    def services() -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#services li')]"
+            ".map(li => [li.dataset.service, [li.dataset.trouble, li.textContent]]))")
+        return found
+
+    strip = wait_until(lambda: len(s := services()) == 2 and s, timeout=WAIT_S,
+                       what="the collector's and the gateway's health on the board")
+    collector = strip[f"collector/{running.workshop.collector.id}"]
+    gateway = strip[f"gateway/{running.workshop.gateway.client_id}"]
+    assert collector[0] == gateway[0] == "false", strip
+    assert collector[1].startswith(f"Collecteur {running.workshop.collector.id} :"), collector
+    assert "en attente d'envoi" in collector[1], collector
+    assert "0 message(s) rejeté(s)" in gateway[1], gateway
+
     # The first mill's module is switched off: its tile says so, in words; the other mill works on.
     running.plant.switch_off(MILL)
     off = wait_until(lambda: (t := tile(driver, MILL))["state"] == "offline" and t, timeout=WAIT_S,

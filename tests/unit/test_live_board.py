@@ -18,6 +18,7 @@ from copeau.contract import (
     Event,
     EventContext,
     EventKind,
+    GatewayHealth,
     JobContext,
     MachineState,
     PartData,
@@ -175,9 +176,9 @@ def test_health_reports_are_news_for_idle_machines_too() -> None:
         assert b.message(*other, now=200.0).changed == frozenset()
     assert b.expire(now=200.0) == {MILL}
     gateway = f"copeau/v1/{SITE}/health/gateway/gw-1"
-    assert b.message(gateway, b'{"anything": 1}', now=201.0) == Applied()
+    assert b.message(gateway, b'{"anything": 1}', now=201.0).changed == frozenset()  # and counted as malformed
     bad = b.message(f"copeau/v1/{SITE}/health/collector/collector-1", b'{"v":1}', now=202.0)
-    assert bad.problem is not None and b.malformed == 1
+    assert bad.problem is not None and b.malformed == 2
 
 
 def test_stale_after_s_must_be_positive() -> None:
@@ -250,10 +251,11 @@ def test_parts_are_the_union_of_stored_and_live_points_never_counted_twice() -> 
     assert b.tile(MILL).made == 8
     assert b.stored_parts(KEY, [*stored, (MILL, T0 + 6 * NS, 1)]) == set()  # found stored later: nothing new
     assert b.tile(MILL).made == 8
-    # Parts of another job, or with no job, are not this job's.
-    assert send(b, part(7, ctx=EventContext(order="CMD-2", operation=10))) == set()
-    assert send(b, part(8, ctx=None)) == set()
+    # Parts of another job, or with no job, are not this job's (the tile only learns that the machine spoke).
+    send(b, part(7, ctx=EventContext(order="CMD-2", operation=10)))
+    send(b, part(8, ctx=None))
     assert b.tile(MILL).made == 8
+    assert b.tile(MILL).last_event_ns == T0 + 8 * NS
 
 
 def test_job_details_progress_and_scrap() -> None:
@@ -316,7 +318,7 @@ def test_last_completed_cycle_only() -> None:
     send(b, event(EventKind.CYCLE, end))
     assert b.tile(MILL).last_cycle_s == 40.0
     aborted = end.model_copy(update={"duration_s": 3.0, "outcome": CycleOutcome.ABORTED})
-    assert send(b, event(EventKind.CYCLE, aborted, ts=T0 + NS)) == set()
+    send(b, event(EventKind.CYCLE, aborted, ts=T0 + NS))
     older = end.model_copy(update={"duration_s": 99.0})
     assert send(b, event(EventKind.CYCLE, older, ts=T0 - NS)) == set()
     assert b.seed_cycle(MILL, 77.0, T0 - NS) == set()  # InfluxDB's is older than the one heard
@@ -409,3 +411,43 @@ def test_no_message_can_break_the_board(topic: str, payload: bytes) -> None:
     assert (applied.problem is not None) == (b.malformed == 1)
     assert not (applied.problem and applied.changed)
     b.snapshot()  # and the board still renders
+
+
+# -- Copeau's own services
+
+
+def gateway_health(ts: int, *, dead_letters: int = 0, influx_ok: bool = True, interval_s: float = 10.0,
+                   service: str = "gw-1") -> tuple[str, bytes]:
+    metrics = {"received": 10, "stored": 10, "dead_letters": dead_letters, "write_retries": 0, "batches": 1,
+               "queue_depth": 3, "health_stored": 0, "mqtt_connected": True, "mqtt_reconnects": 1,
+               "influx_ok": influx_ok, "uptime_s": 1.0}
+    report = GatewayHealth.model_validate({"site": SITE, "service": service, "ts": ts, "interval_s": interval_s,
+                                           "metrics": metrics})
+    return report.topic, report.encode()
+
+
+def test_services_strip_shows_each_service_and_its_trouble() -> None:
+    """Every collector's and gateway's latest report is on the board; one that stops reporting, or says it is in
+    trouble (dead letters are counted, InfluxDB failing is trouble), is flagged."""
+    b = board()
+    assert b.snapshot().services == []
+    rev = b.rev
+    b.message(*health(T0, readable={MILL: True}), now=0.0)
+    b.message(*gateway_health(T0, dead_letters=2), now=0.0)
+    assert b.rev > rev and b.changes_since(rev) is not None
+    collector, gateway = b.snapshot().services
+    assert (collector.kind, collector.service, collector.outbox_events, collector.trouble) == (
+        "collector", "collector-1", 0, False)
+    assert (gateway.kind, gateway.dead_letters, gateway.queue_depth, gateway.influx_ok, gateway.trouble) == (
+        "gateway", 2, 3, True, False)
+    # The same retained report again (a reconnection) is no news.
+    rev = b.rev
+    b.message(*gateway_health(T0, dead_letters=2), now=5.0)
+    assert b.rev == rev
+    b.message(*gateway_health(T0 + NS, influx_ok=False), now=10.0)
+    assert b.snapshot().services[1].trouble
+    # The collector misses three reports: silent, and in trouble.
+    assert b.expire(now=29.0) == set() and not b.snapshot().services[0].silent
+    b.expire(now=30.0)
+    assert b.snapshot().services[0].silent and b.snapshot().services[0].trouble
+    assert b.snapshot().services[1].silent is False  # the gateway spoke at 10.0

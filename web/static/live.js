@@ -32,6 +32,12 @@
     const date = fromNs(ns);
     return sameDay(date, new Date()) ? timeFormat.format(date) : `${dayFormat.format(date)} ${timeFormat.format(date)}`;
   };
+  const secondsFormat = new Intl.DateTimeFormat(lang, {
+    timeZone: zone, hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const clock = (ns) => {  // "14:35:07" today, "18/12 14:35" another day
+    const date = fromNs(ns);
+    return sameDay(date, new Date()) ? secondsFormat.format(date) : when(ns);
+  };
   const duration = (seconds) => {
     const minutes = Math.round(Math.abs(seconds) / 60);
     if (minutes < 60) return fmt("minutes", { m: minutes });
@@ -58,7 +64,9 @@
     if (tile.state === "alarm" && tile.alarm && (tile.alarm.text || tile.alarm.code)) {
       return [tile.alarm.code, tile.alarm.text].filter(Boolean).join(" — ");
     }
-    return tile.since_ns ? fmt("since", { time: when(tile.since_ns) }) : "";
+    const since = tile.since_ns ? fmt("since", { time: when(tile.since_ns) }) : "";
+    const heard = tile.last_event_ns ? fmt("last_event", { time: clock(tile.last_event_ns) }) : "";
+    return [since, heard].filter(Boolean).join(" · ");
   }
 
   function render(tile) {
@@ -133,10 +141,41 @@
     document.getElementById("updated").textContent = fmt("updated", { time: timeFormat.format(new Date()) });
   }
 
+  // -- Copeau's own services (health reports): one line each under the tiles; red when one is in trouble
+
+  const strip = document.getElementById("services");
+  function service(s) {
+    const facts = [];
+    if (s.silent) facts.push(fmt("svc.silent", { time: clock(s.ts_ns) }));
+    if (!s.mqtt_connected) facts.push(fmt("svc.mqtt_down"));
+    if (s.kind === "collector") {
+      facts.push(fmt("svc.outbox", { n: number(s.outbox_events) }));
+      if (s.spool_level > 0) facts.push(fmt(`svc.spool.${s.spool_level}`, { n: number(s.shed_events) }));
+    } else {
+      facts.push(fmt("svc.dead_letters", { n: number(s.dead_letters) }));
+      facts.push(fmt("svc.queue", { n: number(s.queue_depth) }));
+      if (!s.influx_ok) facts.push(fmt("svc.influx_down"));
+    }
+    facts.push(fmt("svc.reconnects", { n: number(s.mqtt_reconnects) }));
+    const li = document.createElement("li");
+    li.dataset.service = `${s.kind}/${s.service}`;
+    li.dataset.trouble = String(s.trouble);
+    const name = document.createElement("strong");
+    name.textContent = fmt(`svc.${s.kind}`, { id: s.service });
+    li.append(name, ` ${facts.join(" · ")}`);
+    return li;
+  }
+  function renderServices(services) {
+    if (!strip || !services) return;
+    strip.replaceChildren(...services.map(service));
+    strip.hidden = services.length === 0;
+  }
+
   function apply(view) {
     feedConnected = view.feed_connected;
     streamUp = true;
     for (const tile of view.tiles) render(tile);
+    renderServices(view.services);
     heard();
     showFeed();
     document.body.dataset.rev = String(view.rev);
