@@ -7,6 +7,8 @@ school network, and set `web.secure_cookies: true`.
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import UTC, datetime
 
 import uvicorn
@@ -19,6 +21,19 @@ from web.access import parse_kiosk_keys
 from web.app import create_app
 from web.live import StreamingServer
 
+_KIOSK_KEY_IN_URL = re.compile(r"([?&]cle=)[^&\s\"]*")
+
+
+class RedactKioskKeys(logging.Filter):
+    """Hides the kiosk key of `/kiosque/<machine>?cle=<key>` (a kiosk's first visit) in uvicorn's access log:
+    secrets never appear in logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_KIOSK_KEY_IN_URL.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args)
+        record.msg = _KIOSK_KEY_IN_URL.sub(r"\1…", str(record.msg))
+        return True
+
 
 def serve(workshop: Workshop, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
     """Serve the kiosks, pages and API until Ctrl-C / SIGTERM (uvicorn handles both).
@@ -27,6 +42,7 @@ def serve(workshop: Workshop, *, host: str | None = None, port: int | None = Non
     """
     parse_kiosk_keys(workshop.web.kiosk_keys.read(), machines=[m.id for m in workshop.machines])
     app = create_app(workshop)
+    logging.getLogger("uvicorn.access").addFilter(RedactKioskKeys())
     # StreamingServer: uvicorn's, ending the live board's event streams on shutdown (they would hold it).
     StreamingServer(uvicorn.Config(app, host=host or workshop.web.host, port=port or workshop.web.port,
                                    log_level=log_level, access_log=log_level == "debug",
