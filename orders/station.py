@@ -360,7 +360,11 @@ class Stations:
             raise InvalidValue(field="good", problem="orders.value.not_negative")
         if any(count < 0 for count in scrap.values()):
             raise InvalidValue(field="scrap", problem="orders.value.not_negative")
-        wanted = {code.strip().upper(): count for code, count in scrap.items() if count > 0}
+        wanted: dict[str, int] = {}
+        for code, count in scrap.items():  # "cote" and "COTE" are one reason: their counts add up
+            if count > 0:
+                key = code.strip().upper()
+                wanted[key] = wanted.get(key, 0) + count
         reasons = {r.code: r for r in db.scalars(select(ScrapReason).where(ScrapReason.code.in_(wanted),
                                                                             ScrapReason.active))}
         for code in wanted:

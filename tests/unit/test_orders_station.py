@@ -179,6 +179,18 @@ def test_declaration_larger_than_the_parts_made_is_refused(world: World) -> None
     assert world.stations.view(machine="fraiseuse-1", now=T0).step is Step.RUNNING
 
 
+def test_one_reason_written_two_ways_adds_up(world: World) -> None:
+    """"cote" and "COTE" are the same reason: 1 + 2 scrap, not the last one only (found by the fuzz)."""
+    badge(world, "BADGE-ZOE")
+    badge(world, "CMD-1/10")
+    world.counts.parts = 5
+    world.stations.declare(machine="fraiseuse-1", good=2, scrap={"cote": 1, "COTE ": 2}, now=T0)
+    with world.stations.sessions() as db:
+        declaration = db.scalars(select(QualityDeclaration)).one()
+        assert declaration.scrap == 3
+        assert [(c.reason.code, c.count) for c in declaration.scrap_counts] == [("COTE", 3)]
+
+
 def test_job_before_badge_and_declaration_without_session(world: World) -> None:
     with pytest.raises(NotIdentified):
         badge(world, "CMD-1/10")
