@@ -17,7 +17,8 @@ changes these private details of paho, and nothing of the protocol:
   and calls `on_message` directly: no `Properties` object, topic-filter match or debug log line per message (the
   message's `properties` is then None). Anything else goes to paho's own `_handle_publish`.
 - `may_read` (optional): while it returns False, `loop_read()` reads nothing (flow control for a consumer whose
-  queue is full; paho's loop keeps sending and pinging meanwhile).
+  queue is full; paho's loop keeps sending and pinging meanwhile). Bytes already buffered are parsed by
+  `loop_misc()` at the next turn of the loop, which the consumer brings forward with `wake()` when it has room.
 
 It also calls `before_reconnect` (if set) at the start of every `reconnect()`, before paho drops the packets queued
 for the old connection, so that a user can stop acknowledging the old connection's messages from that moment.
@@ -32,6 +33,7 @@ stops applying.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -69,6 +71,7 @@ def _check() -> str | None:
         "_packet_queue": ["self", "command", "packet", "mid", "qos", "info"],
         "reconnect": ["self"],
         "loop_write": ["self"],
+        "loop_misc": ["self"],
     }
     for name, params in expected.items():
         method = getattr(client, name, None)
@@ -80,6 +83,8 @@ def _check() -> str | None:
         return "paho.Client._packet_read no longer reads through _sock_recv"
     if "_out_packet" not in client._packet_queue.__code__.co_names:
         return "paho.Client._packet_queue no longer queues on _out_packet"
+    if getattr(paho, "sockpair_data", None) != b"0":
+        return "paho's wake-up byte (sockpair_data) changed"
     if getattr(paho, "PUBACK", None) != _PUBACK_COMMAND:
         return "paho's PUBACK command byte changed"
     if list(inspect.signature(client._handle_publish).parameters) != ["self"]:
@@ -98,7 +103,7 @@ def _check() -> str | None:
 # What the overrides read or call on a paho client (checked on a throwaway client at import).
 _CLIENT_ATTRIBUTES = ("_sock", "_in_packet", "_out_packet", "_protocol", "_manual_ack", "_callback_mutex",
                       "_in_callback_mutex", "_userdata", "suppress_exceptions", "on_message", "_easy_log",
-                      "_send_puback", "want_write")
+                      "_send_puback", "want_write", "_sockpairW")
 
 
 PROBLEM = _check()
@@ -161,6 +166,24 @@ class FastClient(paho.Client):
             if parsed % _WRITE_EVERY == 0 and self.want_write():
                 rc = self.loop_write()  # the PUBACKs queued meanwhile, so that the broker keeps sending
         return rc
+
+    def loop_misc(self) -> MQTTErrorCode:
+        rc = super().loop_misc()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.fast and self._buffered():
+            # Bytes read ahead but held back by `may_read`: select() cannot see them, so they are parsed here, at
+            # every turn of paho's loop (`wake()` makes one when the consumer has room again), not only when the
+            # broker sends more, which it may not do: it can be waiting for the acknowledgements of these very
+            # messages (receive maximum), and then only the next keepalive would unblock the stream.
+            rc = self.loop_read()
+        return rc
+
+    def wake(self) -> None:
+        """Make paho's loop turn now (it may be waiting in select() for up to a second), as paho itself does when a
+        packet is queued: the consumer calls it when `may_read` would answer True again."""
+        pair = self._sockpairW
+        if self.fast and pair is not None:
+            with contextlib.suppress(OSError):  # BlockingIOError included: a wake-up is already pending
+                pair.send(paho.sockpair_data)
 
     # -- incoming PUBLISH
 

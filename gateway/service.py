@@ -175,6 +175,7 @@ class Gateway:
         # flow (measured: BENCHMARKS.md), so the network thread stops reading at this depth (copeau/mqttfast.py).
         self._inbox_limit = min(65535, 2 * settings.max_batch_lines)
         self._room = threading.Event()
+        self._held_back = False  # the network thread declined to read for want of room (see _may_read)
         self._client.may_read = self._may_read
         group = settings.shared_group
         # With a group, the broker hands each message to one of the group's gateways (MQTT 5 shared subscription).
@@ -330,7 +331,9 @@ class Gateway:
         if self._inbox.qsize() < self._inbox_limit:  # the writer took some meanwhile
             return True
         self._room.wait(0.01)
-        return self._inbox.qsize() < self._inbox_limit
+        room = self._inbox.qsize() < self._inbox_limit
+        self._held_back = not room
+        return room
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         # Not `msg.topic`: it raises on a topic that is not UTF-8, and an exception here would end paho's
@@ -361,6 +364,9 @@ class Gateway:
                 except queue.Empty:
                     break
             self._room.set()
+            if self._held_back:  # the network thread stopped reading: have it look at its buffer again now
+                self._held_back = False
+                self.link.client.wake()
             try:
                 self._process(batch)
             except StoreStopped as exc:
