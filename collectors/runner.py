@@ -27,7 +27,7 @@ telemetry is shed, never a part or an alarm, and never an event handed to the br
 Every `collector.health_interval_s` a health report (copeau/contract.py `CollectorHealth`: outbox depth,
 events shed, reconnects, each machine's last reading and last event) is published, retained, on
 copeau/v1/<site>/health/collector/<id>. While the broker is unreachable the reports are kept in memory (the
-last `HEALTH_BACKLOG`) and published when it returns, with their own times, followed by a fresh one: the
+last `HEALTH_BACKLOG`, copeau.mqtt) and published when it returns, with their own times, followed by a fresh one: the
 gateway stores them all, so InfluxDB shows how the outbox grew during the outage.
 """
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,12 +65,11 @@ from copeau.contract import (
     status_topic,
 )
 from copeau.errors import MachineUnavailable
-from copeau.mqtt import MqttLink, Will
+from copeau.mqtt import HealthReports, MqttLink, Will
 
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 20  # outbox rows handed to paho between two chances for the pollers to run
-HEALTH_BACKLOG = 360  # health reports kept while the broker is unreachable (one hour at the default 10 s)
 
 
 @dataclass
@@ -159,7 +157,6 @@ class Collector:
         # that turns a cancellation into its own error (seen as a collector that would not stop on SIGTERM) must
         # not keep a reader polling.
         self._stopping = False
-        self._health_backlog: deque[CollectorHealth] = deque(maxlen=HEALTH_BACKLOG)
         self._acked: list[tuple[int, float]] = []  # (MQTT message id, monotonic time of its PUBACK)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +176,7 @@ class Collector:
             on_published=self._on_published,
             on_message=self._on_context_message,
         )
+        self._health_backlog = HealthReports(self.link)  # kept while the broker is away
 
     # -- lifecycle
 
@@ -452,13 +450,7 @@ class Collector:
         if self._closed:
             return
         report = self.health()
-        if not self.link.connected.is_set():
-            self._health_backlog.append(report)
-            return
-        while self._health_backlog:
-            old = self._health_backlog.popleft()
-            self.link.publish(old.topic, old.encode(), qos=1, retain=False)
-        self.link.publish(report.topic, report.encode(), qos=1, retain=True)
+        self._health_backlog.publish(report)
 
     def health(self) -> CollectorHealth:
         """The collector's health report now (copeau/contract.py CollectorHealth)."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -189,3 +190,38 @@ class MqttLink:
             )
             self._lost_logged = True
         self._next_delay()
+
+
+HEALTH_BACKLOG = 360  # health reports kept while the broker is unreachable (one hour at the default 10 s)
+
+
+class _Report(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+    def encode(self) -> bytes: ...
+
+
+class HealthReports:
+    """A service's health reports on its MQTT link (collector and gateway alike; docs/data-contract.md).
+
+    `publish(report)` sends it retained; while the broker is unreachable it keeps it instead (the last
+    `HEALTH_BACKLOG`), and the next publish first sends those kept, oldest first and not retained, so that InfluxDB
+    shows what happened during the outage.
+    """
+
+    def __init__(self, link: MqttLink, *, keep: int = HEALTH_BACKLOG) -> None:
+        self.link = link
+        self._kept: deque[_Report] = deque(maxlen=keep)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def publish(self, report: _Report) -> None:
+        if not self.link.connected.is_set():
+            self._kept.append(report)
+            return
+        while self._kept:
+            old = self._kept.popleft()
+            self.link.publish(old.topic, old.encode(), qos=1, retain=False)
+        self.link.publish(report.topic, report.encode(), qos=1, retain=True)

@@ -31,7 +31,7 @@ Theory of operation:
   (received, stored, dead letters, write retries, MQTT reconnects, queue depth, each machine's last message)
   is published every `gateway.health_interval_s` by a small thread, retained, and comes back through the same
   subscription to be stored like the others: one path for every service. Reports made while the broker is
-  unreachable are kept (the last `HEALTH_BACKLOG`) and published when it returns. Health messages are counted
+  unreachable are kept (`copeau.mqtt.HealthReports`) and published when it returns. Health messages are counted
   apart (`health_received`, `health_stored`), so that `received` and `stored_points` stay about events.
 """
 
@@ -41,7 +41,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ from copeau.contract import (
     is_control_topic,
     is_health_topic,
 )
-from copeau.mqtt import MqttLink
+from copeau.mqtt import HealthReports, MqttLink
 from copeau.mqttfast import FastClient
 from gateway.deadletter import DeadLetters
 from gateway.influx import InfluxWriter, StoreStopped
@@ -78,7 +77,6 @@ log = logging.getLogger(__name__)
 _TAKE_TIMEOUT_S = 0.2  # how long the writer waits for a first message before it looks at the stop flag again
 _MAX_SESSION_EXPIRY_S = 0xFFFFFFFF  # MQTT 5: four bytes; this value means "never expires"
 HEALTH_MEASUREMENT = "copeau_health"
-HEALTH_BACKLOG = 360  # own health reports kept while the broker is unreachable (one hour at the default 10 s)
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,6 @@ class Gateway:
         self._machines: dict[str, _MachineSeen] = {}
         self._started = time.monotonic()
         self._health_wake = threading.Event()  # report now (on connect, on stop) rather than at the interval
-        self._health_backlog: deque[GatewayHealth] = deque(maxlen=HEALTH_BACKLOG)
 
         self._ack_lock = threading.Lock()  # makes "same connection? then acknowledge" one step
         self._epoch = 0
@@ -166,6 +163,7 @@ class Gateway:
             fast=True,  # buffered reads and one PUBACK packet per batch (copeau/mqttfast.py)
         )
         self._client = cast(FastClient, self.link.client)
+        self._health_backlog = HealthReports(self.link)  # kept while the broker is away
         # MqttLink does not use these paho hooks; the gateway needs them for epochs and readiness. The epoch moves
         # on before paho drops the old connection's queued packets (before_reconnect), and again once it has.
         self._client.before_reconnect = self._new_epoch
@@ -286,13 +284,7 @@ class Gateway:
     def _report_health(self) -> None:
         """Publish a health report now, after those kept while the broker was unreachable; or keep it."""
         report = self.health()
-        if not self.link.connected.is_set():
-            self._health_backlog.append(report)
-            return
-        while self._health_backlog:
-            old = self._health_backlog.popleft()
-            self.link.publish(old.topic, old.encode(), qos=1, retain=False)
-        self.link.publish(report.topic, report.encode(), qos=1, retain=True)
+        self._health_backlog.publish(report)
 
     # -- paho callbacks (network thread): no I/O, no waiting
 
