@@ -32,7 +32,7 @@ from bench.broker import EVENTS, raw_session, raw_subscriber, v5_session
 from bench.publisher import PublisherGroup, PublishJob, PublishResult, publish_now, run_publishers
 from bench.stack import Stack, cpu_seconds, peak_rss_mb, stop_process, wait_until
 from bench.stats import highest_passing, ladder, summarize
-from bench.workload import event_message
+from bench.workload import JOB_MESSAGES, event_message
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class ThroughputRun:
     gateway_saturated: float = 0.0
     gateway_lost: int = 0
     gateway_cpu_cores: float = 0.0  # CPU time / wall time during the saturated measurement
+    # The worst case for InfluxDB (bench/workload.py): a new job context, so a new series, on every message.
+    new_series_saturated: float = 0.0
+    new_series_lost: int = 0
     gateway_peak_rss_mib: float = 0.0
     dead_letters: int = 0
     sustained: float | None = None
@@ -115,12 +118,14 @@ class GatewayUnderTest:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _jobs(stack: Stack, tag: str, settings: ThroughputSettings, *, count: int, rate: float = 0.0) -> list[PublishJob]:
+def _jobs(stack: Stack, tag: str, settings: ThroughputSettings, *, count: int, rate: float = 0.0,
+          job_messages: int = JOB_MESSAGES) -> list[PublishJob]:
     n = settings.publishers
     ts0 = time.time_ns()
     return [
         PublishJob("127.0.0.1", stack.mqtt_port, f"pub-{tag}-{i}", f"{tag}p{i}", settings.machines_per_publisher,
-                   count // n, ts0, rate=rate / n, window=5000 if rate else 2000, tick_s=settings.tick_s)
+                   count // n, ts0, rate=rate / n, window=5000 if rate else 2000, tick_s=settings.tick_s,
+                   job_messages=job_messages)
         for i in range(n)
     ]
 
@@ -171,9 +176,10 @@ def _lost(gw: GatewayUnderTest, prefixes: list[str], expected: int) -> int:
     return expected - gw.stored(prefixes)
 
 
-def gateway_saturated(gw: GatewayUnderTest, tag: str, settings: ThroughputSettings) -> tuple[float, int, float]:
+def gateway_saturated(gw: GatewayUnderTest, tag: str, settings: ThroughputSettings,
+                      *, job_messages: int = JOB_MESSAGES) -> tuple[float, int, float]:
     """(rate, lost, CPU cores) for `volume` messages published as fast as possible."""
-    jobs = _jobs(gw.stack, tag, settings, count=settings.volume)
+    jobs = _jobs(gw.stack, tag, settings, count=settings.volume, job_messages=job_messages)
     prefixes = [j.prefix for j in jobs]
     total = _published(jobs)
     with PublisherGroup(jobs) as group:
@@ -212,6 +218,10 @@ def one_run(stack: Stack, run: int, settings: ThroughputSettings, *, log: Any = 
         out.gateway_saturated, out.gateway_lost, out.gateway_cpu_cores = gateway_saturated(gw, f"g{run}", settings)
         log(f"    gateway, saturated:                {out.gateway_saturated:,.0f} msg/s, lost {out.gateway_lost},"
             f" {out.gateway_cpu_cores:.2f} cores")
+        out.new_series_saturated, out.new_series_lost, cores = gateway_saturated(gw, f"n{run}", settings,
+                                                                                 job_messages=1)
+        log(f"    gateway, saturated, new series:    {out.new_series_saturated:,.0f} msg/s, lost "
+            f"{out.new_series_lost}, {cores:.2f} cores (a new job context on every message)")
         rates = ladder(out.gateway_saturated, settings.fractions)
         # Up from the lowest step until one fails; if even the lowest fails, down until one passes (at most 3).
         lower = [r for r in ladder(out.gateway_saturated, (0.75, 0.6, 0.45)) if r < min(rates, default=0)]
@@ -249,7 +259,9 @@ def run_throughput(stack: Stack, settings: ThroughputSettings, runs: int, *, log
         "gateway_saturated_msg_s": summarize(r.gateway_saturated for r in per_run).as_dict(),
         "gateway_sustained_msg_s": summarize(sustained).as_dict(),
         "gateway_vs_raw_pipe": summarize(ratio).as_dict(),
-        "gateway_lost": sum(r.gateway_lost for r in per_run) + sum(s.lost for r in per_run for s in r.steps),
+        "gateway_new_series_msg_s": summarize(r.new_series_saturated for r in per_run).as_dict(),
+        "gateway_lost": sum(r.gateway_lost + r.new_series_lost for r in per_run)
+        + sum(s.lost for r in per_run for s in r.steps),
         "gateway_cpu_cores": summarize(r.gateway_cpu_cores for r in per_run).as_dict(),
         "gateway_peak_rss_mib": summarize(r.gateway_peak_rss_mib for r in per_run).as_dict(),
         "dead_letters": sum(r.dead_letters for r in per_run),

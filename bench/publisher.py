@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.mqttwire import PubackCounter, connack_ok, connect_packet, publish_packet
-from bench.workload import Message, event_message, machine_name, stream
+from bench.workload import JOB_MESSAGES, Message, event_message, machine_name, stream
 
 _SPAWN = mp.get_context("spawn")  # a fresh interpreter: nothing inherited from the bench's own threads
 
@@ -48,6 +48,7 @@ class PublishJob:
     # (one write, one select() and one TCP segment per message, which costs the publisher and the broker more CPU
     # than the gateway under test at 20,000 msg/s on 2 cores). 0 = each message on its own.
     tick_s: float = 0.0
+    job_messages: int = JOB_MESSAGES  # messages of one machine per job context (bench/workload.py)
 
 
 @dataclass
@@ -67,7 +68,8 @@ def end_marker_machine(prefix: str) -> str:
 
 
 def job_messages(job: PublishJob) -> list[Message]:
-    msgs = list(stream(job.prefix, machines=job.machines, count=job.count, ts0=job.ts0, step_ns=job.step_ns))
+    msgs = list(stream(job.prefix, machines=job.machines, count=job.count, ts0=job.ts0, step_ns=job.step_ns,
+                       job_messages=job.job_messages))
     if job.end_marker:
         msgs.append(event_message(end_marker_machine(job.prefix), 3, job.ts0 + job.count * job.step_ns))
     return msgs

@@ -5,6 +5,13 @@ Theory of operation: a stream is a round-robin over machines; each machine plays
 tags, time) and the count in InfluxDB at the end must equal the count published. The JSON is produced by string
 templates, because validating 500,000 pydantic models would take longer than publishing them; a unit test checks
 that each template gives exactly the bytes `Event.encode()` gives (tests/unit/test_bench_wire.py).
+
+Job contexts: a machine keeps the same job (order, operation, apprentice code) for `job_messages` messages, then
+moves to the next, as on the shop floor, where a job changes at a badge scan, after hours. Every distinct context is
+a new series in InfluxDB (the context is tags), and a new series costs InfluxDB 1.6 about eight times the CPU of a
+point in a known one (measured, BENCHMARKS.md): with `job_messages=1`, a new job on every message, the benchmark
+measured InfluxDB's index rather than the gateway. The gateway part still measures that case once per run, as the
+worst case.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ _DATA = (
     '{"count":1,"counter":%d,"reset":false,"wrapped":false,"rebuilt":false}',
 )
 CYCLE_NS = 6_250_000_000  # the duration written in cycle end events (6.25 s)
+JOB_MESSAGES = 1000  # messages of one machine in one job (250 parts), then its next job
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,9 @@ def machine_name(stream: str, i: int) -> str:
     return f"{stream}-{i:02d}"
 
 
-def event_message(machine: str, seq: int, ts: int, *, site: str = SITE) -> Message:
-    """Message number `seq` of `machine`: its kind follows the rhythm above, its time is `ts` (ns)."""
+def event_message(machine: str, seq: int, ts: int, *, site: str = SITE, job_messages: int = JOB_MESSAGES) -> Message:
+    """Message number `seq` of `machine`: its kind follows the rhythm above, its time is `ts` (ns), its job
+    number `seq // job_messages`."""
     phase = seq % len(KINDS)
     kind = KINDS[phase]
     n = seq // len(KINDS)
@@ -49,15 +58,17 @@ def event_message(machine: str, seq: int, ts: int, *, site: str = SITE) -> Messa
         data = _DATA[3] % (n + 1)
     else:
         data = _DATA[phase]
-    ctx = _CTX % (n % 40 + 1, 10 * (n % 3 + 1), n % 50 + 1)
+    job = seq // job_messages
+    ctx = _CTX % (job % 40 + 1, 10 * (job % 3 + 1), job % 50 + 1)
     payload = (_HEAD % (site, machine, kind, seq, ts) + data + "," + ctx + "}").encode()
     return Message(f"copeau/v1/{site}/{machine}/{kind}", payload, machine, seq, ts)
 
 
-def stream(prefix: str, *, machines: int, count: int, ts0: int, step_ns: int = 1_000) -> Iterator[Message]:
+def stream(prefix: str, *, machines: int, count: int, ts0: int, step_ns: int = 1_000,
+           job_messages: int = JOB_MESSAGES) -> Iterator[Message]:
     """`count` messages round-robin over `machines` machines named `<prefix>-NN`, times `ts0 + k*step_ns`."""
     names = [machine_name(prefix, i) for i in range(machines)]
     for k in range(count):
         m = k % machines
         seq = k // machines
-        yield event_message(names[m], seq, ts0 + k * step_ns)
+        yield event_message(names[m], seq, ts0 + k * step_ns, job_messages=job_messages)

@@ -79,6 +79,18 @@ def test_a_stream_has_distinct_points() -> None:
     assert [m.seq for m in msgs if m.machine == "p0-01"] == list(range(10))
 
 
+def test_a_machine_keeps_its_job_context_for_job_messages_messages() -> None:
+    def contexts(job_messages: int) -> list[bytes]:
+        msgs = stream("p0", machines=2, count=24, ts0=1_795_796_061_000_000_000, job_messages=job_messages)
+        return [m.payload[m.payload.index(b'"ctx"'):] for m in msgs if m.machine == "p0-01"]
+
+    per_job = contexts(4)
+    assert len(per_job) == 12
+    assert [len(set(per_job[i:i + 4])) for i in range(0, 12, 4)] == [1, 1, 1]  # one context per job
+    assert len(set(per_job)) == 3  # three jobs, three contexts
+    assert len(set(contexts(1))) == 12  # the worst case: a new context on every message
+
+
 def test_collapsed_stacks_are_summarised_per_thread_and_function() -> None:
     text = (
         "thread (0x1): writer;run (t.py:1);encode (lp.py:5);_name (lp.py:9) 6\n"
