@@ -13,10 +13,11 @@ Theory of operation:
   network thread stops reading the socket at that depth (TCP then holds the broker back) until the writer takes
   a batch. The MQTT 5 `receive_maximum` asks the broker for the same bound, but mosquitto 2.0.11 sends more than
   that once acknowledgements flow (measured: 71,000 unacknowledged with a receive maximum of 10,000).
-- Speed (issue #7, BENCHMARKS.md): paho's network thread reads the socket in 64 KiB chunks, decodes a plain
-  PUBLISH without paho's per-message extras, and sends a batch's PUBACKs as one packet (copeau/mqttfast.py, with a
-  checked fallback to paho's own code); the writer decodes with `decode_event_fields` (plain values, the same
-  acceptance as the contract's models) and encodes with `event_fields_line` (the same line as `event_line`).
+- Speed (issue #7, BENCHMARKS.md): paho's network thread reads the socket in 64 KiB chunks, decodes the plain
+  PUBLISH packets straight from that buffer and hands them to `_on_publish` without building an MQTTMessage, and
+  sends a batch's PUBACKs as one packet (copeau/mqttfast.py, with a checked fallback to paho's own code); the
+  writer decodes with `decode_event_fields` (plain values, the same acceptance as the contract's models) and
+  encodes with `event_fields_ctx_line` (per-kind templates; the same line as `event_line`).
 - Each message of a batch is decoded against the contract and encoded as one line; a message that does not
   follow the contract, or that line protocol cannot carry, is dead-lettered. The lines are written with the
   InfluxWriter policy (retry forever, split on 413, bisect on 400); the lines InfluxDB rejects are dead-lettered.
@@ -70,7 +71,7 @@ from copeau.mqtt import HealthReports, MqttLink
 from copeau.mqttfast import FastClient
 from gateway.deadletter import DeadLetters
 from gateway.influx import InfluxWriter, StoreStopped
-from gateway.lineprotocol import FieldValue, LineProtocolError, encode_line, event_fields_line, event_line
+from gateway.lineprotocol import FieldValue, LineProtocolError, encode_line, event_fields_ctx_line, event_line
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Gateway:
         self._room = threading.Event()
         self._held_back = False  # the network thread declined to read for want of room (see _may_read)
         self._client.may_read = self._may_read
+        self._client.on_message_raw = self._on_publish  # the common messages, without building an MQTTMessage
         group = settings.shared_group
         # With a group, the broker hands each message to one of the group's gateways (MQTT 5 shared subscription).
         self.subscriptions = tuple(f"$share/{group}/{topic}" if group else topic
@@ -330,7 +332,12 @@ class Gateway:
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         # Not `msg.topic`: it raises on a topic that is not UTF-8, and an exception here would end paho's
         # network thread. Such a message is dead-lettered like any other malformed one.
-        raw_topic = bytes(msg._topic)
+        self._on_publish(msg._topic, msg.payload, msg.mid, msg.qos, msg.dup, msg.retain)
+
+    def _on_publish(self, raw_topic: bytes, payload: bytes | bytearray, mid: int, qos: int, _dup: bool,
+                    _retain: bool) -> None:
+        """Every message, from `_on_message` or straight from FastClient (`on_message_raw`, copeau/mqttfast.py)."""
+        raw_topic = bytes(raw_topic)
         try:
             topic: str | None = raw_topic.decode("utf-8")
         except UnicodeDecodeError:
@@ -339,7 +346,7 @@ class Gateway:
             self._health_received += 1
         else:
             self._received += 1
-        self._inbox.put(_Delivery(topic, raw_topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch))
+        self._inbox.put(_Delivery(topic, raw_topic, bytes(payload), mid, qos, self._epoch))
 
     # -- writer thread
 
@@ -464,16 +471,9 @@ def _encode_fields(delivery: _Delivery) -> tuple[dict[str, Any], str]:
     if delivery.topic is None:
         raise ContractError("topic is not valid UTF-8")
     event = decode_event_fields(delivery.topic, delivery.payload)
-    ctx = event.get("ctx")
-    tags: dict[str, str] = {}
-    if ctx is not None:  # as context_tags(): order, operation, apprentice code (never a name); empty ones left out
-        if order := ctx.get("order"):
-            tags["order"] = order
-        if (operation := ctx.get("operation")) is not None:
-            tags["operation"] = str(operation)
-        if apprentice := ctx.get("apprentice"):
-            tags["apprentice"] = apprentice
-    return event, event_fields_line(event, context_tags=tags)
+    # The job context (order, operation, apprentice code: never a name) becomes tags as with context_tags(),
+    # read from event["ctx"] by the line encoder itself: no tags dict is built for each message.
+    return event, event_fields_ctx_line(event)
 
 
 def health_lines(report: CollectorHealth | GatewayHealth) -> list[str]:

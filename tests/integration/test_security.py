@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 import pytest
@@ -41,6 +41,7 @@ from copeau.config import ConfigError, ModbusMachine, Secret, Workshop, load_wor
 from copeau.contract import Event, EventKind, MachineState, PartData, StateData
 from copeau.influxql import InfluxQuery
 from copeau.mqtt import MqttLink
+from copeau.mqttfast import FastClient
 from copeau.security import Role, for_role
 from copeau.services import ManagedProcess, free_port, managed_services, mosquitto_process, port_is_free
 from gateway.influx import InfluxWriter, StoreStopped
@@ -272,6 +273,15 @@ def test_a_collector_cannot_publish_another_machine_and_the_gateway_receives_not
         deliver(client, userdata, msg)
 
     gateway.link.client.on_message = spy
+    client = cast(FastClient, gateway.link.client)
+    deliver_raw = client.on_message_raw  # the common messages come this way (copeau/mqttfast.py)
+    assert deliver_raw is not None
+
+    def spy_raw(topic: bytes, *rest: Any) -> None:
+        seen.append(topic.decode())
+        deliver_raw(topic, *rest)
+
+    client.on_message_raw = spy_raw
     gateway.start()
     try:
         assert gateway.wait_ready(15), "the gateway's subscription"
