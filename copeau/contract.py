@@ -27,6 +27,7 @@ writes the same InfluxDB point again and the store keeps it once.
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal, NotRequired
@@ -244,10 +245,15 @@ def control_topic(site: str, machine: str, kind: ControlKind | str) -> str:
     return f"{TOPIC_ROOT}/{site}/{machine}/{ControlKind(kind).value}"
 
 
+_CONTROL_KINDS = frozenset(kind.value for kind in ControlKind)
+
+
+@functools.lru_cache(maxsize=4096)
 def is_control_topic(topic: str) -> bool:
-    """A context or badge topic: matched by the event subscription, but not an event."""
+    """A context or badge topic: matched by the event subscription, but not an event. (Remembered: the gateway
+    asks it of every message, and a workshop's topics are few.)"""
     parts = topic.split("/")
-    return len(parts) == 5 and parts[4] in ControlKind.__members__.values()
+    return len(parts) == 5 and parts[4] in _CONTROL_KINDS
 
 
 def status_topic(site: str, collector: str) -> str:
@@ -365,18 +371,23 @@ def _fast_fields(payload: bytes) -> dict[str, Any] | None:
     return raw
 
 
-def _check_topic(topic: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _check_topic(topic: str) -> tuple[str, str, str]:
+    """(site, machine, kind) named by an event topic. Remembered (a workshop's topics are few; a refusal is not
+    remembered: lru_cache keeps no exception)."""
     parts = topic.split("/")
     if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT:
         raise ContractError(f"topic is not {TOPIC_ROOT}/<site>/<machine>/<kind>", topic=topic)
-    return parts
+    return parts[2], parts[3], parts[4]
 
 
-def _check_topic_matches(parts: list[str], site: str, machine: str, kind: EventKind) -> None:
-    _, _, t_site, t_machine, t_kind = parts
-    if (t_site, t_machine, t_kind) != (site, machine, kind.value):
+def _check_topic_matches(named: tuple[str, str, str], site: str, machine: str, kind: EventKind) -> None:
+    # EventKind is a StrEnum: it equals its value, so the tuples compare without building a new one of strings.
+    if named != (site, machine, kind):
+        t_site, t_machine, t_kind = named
         raise ContractError(
-            f"topic says {t_site}/{t_machine}/{t_kind} but payload says {site}/{machine}/{kind}", topic="/".join(parts)
+            f"topic says {t_site}/{t_machine}/{t_kind} but payload says {site}/{machine}/{kind}",
+            topic=f"{TOPIC_ROOT}/{t_site}/{t_machine}/{t_kind}",
         )
 
 
@@ -533,6 +544,7 @@ def health_topic(site: str, kind: ServiceKind | str, service: str) -> str:
     return f"{TOPIC_ROOT}/{site}/health/{ServiceKind(kind).value}/{service}"
 
 
+@functools.lru_cache(maxsize=4096)
 def is_health_topic(topic: str) -> bool:
     parts = topic.split("/")
     return len(parts) == 6 and "/".join(parts[:2]) == TOPIC_ROOT and parts[3] == "health"

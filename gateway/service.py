@@ -103,7 +103,7 @@ class _MachineSeen:
     last_received_ts: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs three times as much, for every message
 class _Delivery:
     topic: str | None  # None when the topic is not valid UTF-8
     raw_topic: bytes
@@ -111,6 +111,18 @@ class _Delivery:
     mid: int
     qos: int
     epoch: int  # the connection that delivered it
+    role: int = 0  # _EVENT (0), _CONTROL or _HEALTH: what the topic is (an invalid one is an event, refused later)
+
+
+_EVENT, _CONTROL, _HEALTH = 0, 1, 2
+
+
+def _role(topic: str | None) -> int:
+    if topic is None:
+        return _EVENT
+    if is_health_topic(topic):
+        return _HEALTH
+    return _CONTROL if is_control_topic(topic) else _EVENT
 
 
 class Gateway:
@@ -342,11 +354,12 @@ class Gateway:
             topic: str | None = raw_topic.decode("utf-8")
         except UnicodeDecodeError:
             topic = None
-        if topic is not None and is_health_topic(topic):
+        role = _role(topic)
+        if role == _HEALTH:
             self._health_received += 1
         else:
             self._received += 1
-        self._inbox.put(_Delivery(topic, raw_topic, bytes(payload), mid, qos, self._epoch))
+        self._inbox.put(_Delivery(topic, raw_topic, bytes(payload), mid, qos, self._epoch, role))
 
     # -- writer thread
 
@@ -365,7 +378,7 @@ class Gateway:
             self._room.set()
             if self._held_back:  # the network thread stopped reading: have it look at its buffer again now
                 self._held_back = False
-                self.link.client.wake()
+                self._client.wake()
             try:
                 self._process(batch)
             except StoreStopped as exc:
@@ -377,18 +390,19 @@ class Gateway:
         lines: list[str] = []
         owners: list[_Delivery] = []  # owners[i] is the message of lines[i]
         health: list[bool] = []  # health[i]: lines[i] is a health point (counted apart)
+        now = time.time_ns()  # when the batch's messages were seen, for the health report
         for delivery in batch:
-            topic = delivery.topic
-            if topic is not None and is_control_topic(topic):
+            role = delivery.role
+            if role == _CONTROL:
                 continue  # a job context or badge scan: for collectors and the web service, not stored here
-            is_health = topic is not None and is_health_topic(topic)
+            is_health = role == _HEALTH
             try:
-                if topic is not None and is_health:
-                    new = health_lines(decode_health(topic, delivery.payload))
+                if is_health:
+                    new = health_lines(decode_health(cast(str, delivery.topic), delivery.payload))
                 else:
                     fields, line = _encode_fields(delivery)
                     new = [line]
-                    self._seen(fields)
+                    self._seen(fields, now)
             except ContractError as exc:
                 self._dead_letter(delivery, exc.reason)
             except LineProtocolError as exc:
@@ -444,7 +458,7 @@ class Gateway:
                 return
             self._client.ack_many([d.mid for d in batch if d.qos == 1 and d.epoch == epoch])
 
-    def _seen(self, event: dict[str, Any]) -> None:
+    def _seen(self, event: dict[str, Any], now: int) -> None:
         if event["site"] != self.workshop.site.id:
             return  # the health report is per machine of this gateway's site
         machine, ts = event["machine"], event["ts"]
@@ -453,7 +467,7 @@ class Gateway:
             seen = self._machines[machine] = _MachineSeen()
         seen.received += 1
         seen.last_event_ts = max(ts, seen.last_event_ts or ts)
-        seen.last_received_ts = time.time_ns()
+        seen.last_received_ts = now
 
 
 def _encode(delivery: _Delivery) -> tuple[Event, str]:
