@@ -41,8 +41,11 @@ def table(summary: dict[str, Any]) -> str:
              _s(gw.get("gateway_new_series_msg_s"), unit=" msg/s"), "—", "—"),
             ("Gateway, sustained, 0 loss, no growing lag (paced steps)", _s(sus, unit=" msg/s"), "≥ 25,000",
              _verdict(sus["median"] >= 25_000)),
-            ("Gateway ÷ raw pipe (saturated, same run)", _s(gw["gateway_vs_raw_pipe"], "{:.0%}"), "≥ 90 %",
-             _verdict(gw["gateway_vs_raw_pipe"]["median"] >= 0.9)),
+            ("Gateway sustained ÷ raw pipe's ceiling (its saturated rate), same run",
+             _s(gw.get("gateway_sustained_vs_raw_pipe"), "{:.0%}"), "≥ 90 %",
+             _verdict(gw["gateway_sustained_vs_raw_pipe"]["median"] >= 0.9)
+             if "gateway_sustained_vs_raw_pipe" in gw else "—"),
+            ("Gateway ÷ raw pipe, both saturated, same run", _s(gw["gateway_vs_raw_pipe"], "{:.0%}"), "—", "—"),
             ("Messages lost by the gateway (all runs and steps)", str(gw["gateway_lost"]), "0",
              _verdict(gw["gateway_lost"] == 0)),
             ("Gateway CPU at saturation", _s(gw["gateway_cpu_cores"], "{:.2f}", " core"), "—", "—"),
