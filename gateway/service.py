@@ -330,16 +330,29 @@ class Gateway:
 
     def _may_read(self) -> bool:
         # Network thread. The writer sets `_room` after each take; the short wait keeps paho's loop turning (writes,
-        # keepalives) while the inbox is full.
+        # keepalives) while the inbox is full. `_held_back` is set *before* the last look at the inbox: a writer
+        # that takes a batch after that look then sees it and wakes paho's loop (`_took`). Set after the look, a
+        # take in between went unnoticed and the buffered messages waited for paho's next select() timeout (1 s):
+        # the ~1 s stalls seen in the benchmark (BENCHMARKS.md).
         if self._inbox.qsize() < self._inbox_limit:
             return True
+        self._held_back = True
         self._room.clear()
         if self._inbox.qsize() < self._inbox_limit:  # the writer took some meanwhile
+            self._held_back = False
             return True
         self._room.wait(0.01)
-        room = self._inbox.qsize() < self._inbox_limit
-        self._held_back = not room
-        return room
+        if self._inbox.qsize() < self._inbox_limit:
+            self._held_back = False
+            return True
+        return False
+
+    def _took(self) -> None:
+        """Writer thread, after each take from the inbox: room again, and paho's loop woken if it held back."""
+        self._room.set()
+        if self._held_back:  # the network thread stopped reading: have it look at its buffer again now
+            self._held_back = False
+            self._client.wake()
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         # Not `msg.topic`: it raises on a topic that is not UTF-8, and an exception here would end paho's
@@ -375,10 +388,7 @@ class Gateway:
                     batch.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
-            self._room.set()
-            if self._held_back:  # the network thread stopped reading: have it look at its buffer again now
-                self._held_back = False
-                self._client.wake()
+            self._took()
             try:
                 self._process(batch)
             except StoreStopped as exc:
