@@ -25,6 +25,7 @@ Theory of operation — one run, all against the same mosquitto and influxd:
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 from bench.broker import EVENTS, raw_session, raw_subscriber, v5_session
 from bench.publisher import PublisherGroup, PublishJob, PublishResult, publish_now, run_publishers
-from bench.stack import Stack, cpu_seconds, peak_rss_mb, stop_process, wait_until
+from bench.stack import CpuMeter, Stack, cpu_seconds, peak_rss_mb, stop_process, wait_until
 from bench.stats import highest_passing, ladder, summarize
 from bench.workload import JOB_MESSAGES, event_message
 
@@ -66,6 +67,9 @@ class ThroughputRun:
     gateway_saturated: float = 0.0
     gateway_lost: int = 0
     gateway_cpu_cores: float = 0.0  # CPU time / wall time during the saturated measurement
+    # Cores used by each process during the raw pipe and the gateway's saturated measurement (bench/stack.py CpuMeter)
+    raw_pipe_cpu: dict[str, float] = field(default_factory=dict)
+    saturated_cpu: dict[str, float] = field(default_factory=dict)
     # The worst case for InfluxDB (bench/workload.py): a new job context, so a new series, on every message.
     new_series_saturated: float = 0.0
     new_series_lost: int = 0
@@ -147,7 +151,9 @@ def _span_s(results: list[PublishResult]) -> float:
     return (max(r.last_ack_ns for r in results) - min(r.first_send_ns for r in results)) / 1e9
 
 
-def raw_pipe(stack: Stack, tag: str, settings: ThroughputSettings) -> float:
+def raw_pipe(stack: Stack, tag: str, settings: ThroughputSettings, *, cpu: dict[str, float] | None = None) -> float:
+    """The raw pipe's rate; `cpu`, if given, receives the cores each part used meanwhile (mosquitto_sub's from
+    the rusage of reaped children: it is the only child that ends during the measurement)."""
     client_id = f"raw-{tag}"
     raw_session(stack.mqtt_port, client_id, subscribe=True)
     jobs = _jobs(stack, tag, settings, count=settings.volume)
@@ -155,10 +161,19 @@ def raw_pipe(stack: Stack, tag: str, settings: ThroughputSettings) -> float:
     try:
         with PublisherGroup(jobs) as group:
             sub = raw_subscriber(stack.mqtt_port, client_id, total)
+            meter = CpuMeter({**{k: [v] for k, v in stack.pids().items()}, "publishers": group.pids})
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            meter.start()
             released = group.go()
             code = sub.wait(timeout=300)
             done = time.monotonic_ns()
+            used = meter.stop()
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             group.results()
+        if cpu is not None:
+            cpu.update(used)
+            cpu["mosquitto_sub"] = round((children1.ru_utime + children1.ru_stime - children0.ru_utime
+                                          - children0.ru_stime) / ((done - released) / 1e9), 3)
         if code != 0:
             raise RuntimeError(f"mosquitto_sub exited with {code}: {sub.stderr.read() if sub.stderr else ''}")
     finally:
@@ -180,18 +195,27 @@ def _lost(gw: GatewayUnderTest, prefixes: list[str], expected: int) -> int:
     return expected - gw.stored(prefixes)
 
 
-def gateway_saturated(gw: GatewayUnderTest, tag: str, settings: ThroughputSettings,
-                      *, job_messages: int = JOB_MESSAGES) -> tuple[float, int, float]:
-    """(rate, lost, CPU cores) for `volume` messages published as fast as possible."""
+def gateway_saturated(
+    gw: GatewayUnderTest, tag: str, settings: ThroughputSettings, *, job_messages: int = JOB_MESSAGES,
+    cpu: dict[str, float] | None = None,
+) -> tuple[float, int, float]:
+    """(rate, lost, CPU cores) for `volume` messages published as fast as possible; `cpu`, if given, receives the
+    cores each process used meanwhile (gateway, mosquitto, influxd, publishers)."""
     jobs = _jobs(gw.stack, tag, settings, count=settings.volume, job_messages=job_messages)
     prefixes = [j.prefix for j in jobs]
     total = _published(jobs)
     with PublisherGroup(jobs) as group:
+        meter = CpuMeter({"gateway": [gw.pid], **{k: [v] for k, v in gw.stack.pids().items()},
+                          "publishers": group.pids})
         cpu0 = cpu_seconds(gw.pid)
+        meter.start()
         released = group.go()
         done = _wait_end(gw, prefixes, timeout=60 + settings.volume / 1000)
         cpu1 = cpu_seconds(gw.pid)
+        used = meter.stop()
         group.results()
+    if cpu is not None:
+        cpu.update(used)
     seconds = (done - released) / 1e9
     return total / seconds, _lost(gw, prefixes, total), (cpu1 - cpu0) / seconds
 
@@ -212,16 +236,29 @@ def gateway_step(gw: GatewayUnderTest, tag: str, settings: ThroughputSettings, r
                 passed=lost == 0 and drain <= settings.drain_limit_s and achieved >= 0.97 * rate)
 
 
+def _cores(used: dict[str, float]) -> str:
+    return ", ".join(f"{name} {cores:.2f}" for name, cores in used.items()) + f" (all {sum(used.values()):.2f})"
+
+
+def _cpu_summary(per_run: list[dict[str, float]]) -> dict[str, Any]:
+    names = {name for used in per_run for name in used}
+    out = {name: summarize(used.get(name, 0.0) for used in per_run).as_dict() for name in sorted(names)}
+    out["all"] = summarize(sum(used.values()) for used in per_run).as_dict()
+    return out
+
+
 def one_run(stack: Stack, run: int, settings: ThroughputSettings, *, log: Any = print) -> ThroughputRun:
     out = ThroughputRun()
     out.publisher_ceiling = publisher_ceiling(stack, f"c{run}", settings)
     log(f"    publisher ceiling (no subscriber): {out.publisher_ceiling:,.0f} msg/s")
-    out.raw_pipe = raw_pipe(stack, f"r{run}", settings)
-    log(f"    raw pipe (mosquitto_sub -q 1):     {out.raw_pipe:,.0f} msg/s")
+    out.raw_pipe = raw_pipe(stack, f"r{run}", settings, cpu=out.raw_pipe_cpu)
+    log(f"    raw pipe (mosquitto_sub -q 1):     {out.raw_pipe:,.0f} msg/s; cores: {_cores(out.raw_pipe_cpu)}")
     with GatewayUnderTest(stack, f"gw{run}") as gw:
-        out.gateway_saturated, out.gateway_lost, out.gateway_cpu_cores = gateway_saturated(gw, f"g{run}", settings)
+        out.gateway_saturated, out.gateway_lost, out.gateway_cpu_cores = gateway_saturated(
+            gw, f"g{run}", settings, cpu=out.saturated_cpu)
         log(f"    gateway, saturated:                {out.gateway_saturated:,.0f} msg/s, lost {out.gateway_lost},"
             f" {out.gateway_cpu_cores:.2f} cores")
+        log(f"      cores meanwhile: {_cores(out.saturated_cpu)}")
         out.new_series_saturated, out.new_series_lost, cores = gateway_saturated(gw, f"n{run}", settings,
                                                                                  job_messages=1)
         log(f"    gateway, saturated, new series:    {out.new_series_saturated:,.0f} msg/s, lost "
@@ -275,6 +312,8 @@ def run_throughput(stack: Stack, settings: ThroughputSettings, runs: int, *, log
         "gateway_lost": sum(r.gateway_lost + r.new_series_lost for r in per_run)
         + sum(s.lost for r in per_run for s in r.steps),
         "gateway_cpu_cores": summarize(r.gateway_cpu_cores for r in per_run).as_dict(),
+        "raw_pipe_cpu_cores": _cpu_summary([r.raw_pipe_cpu for r in per_run]),
+        "saturated_cpu_cores": _cpu_summary([r.saturated_cpu for r in per_run]),
         "gateway_peak_rss_mib": summarize(r.gateway_peak_rss_mib for r in per_run).as_dict(),
         "dead_letters": sum(r.dead_letters for r in per_run),
         "runs": [asdict(r) for r in per_run],

@@ -184,6 +184,10 @@ class PublisherGroup:
                     ) from None
         return self
 
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
     def go(self) -> int:
         """Release the publishers; returns the monotonic time (ns) of the release."""
         t = time.monotonic_ns()

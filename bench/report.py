@@ -21,6 +21,10 @@ def _mb(mib: dict[str, Any]) -> dict[str, Any]:
     return {k: v * _MB_PER_MIB if k != "n" else v for k, v in mib.items()}
 
 
+def _cores(per_name: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {d['median']:.2f}" for name, d in per_name.items())
+
+
 def _verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("met" if ok else "**missed**")
 
@@ -49,6 +53,9 @@ def table(summary: dict[str, Any]) -> str:
             ("Messages lost by the gateway (all runs and steps)", str(gw["gateway_lost"]), "0",
              _verdict(gw["gateway_lost"] == 0)),
             ("Gateway CPU at saturation", _s(gw["gateway_cpu_cores"], "{:.2f}", " core"), "—", "—"),
+            *[(f"Cores used by each process, {what} (medians)", _cores(gw[key]), "—", "—")
+              for key, what in (("raw_pipe_cpu_cores", "raw pipe"), ("saturated_cpu_cores", "gateway saturated"))
+              if gw.get(key)],
             ("Gateway peak RSS (VmHWM)", f'{_s(gw["gateway_peak_rss_mib"], "{:.1f}", " MiB")} = '
              f'{_s(_mb(gw["gateway_peak_rss_mib"]), "{:.1f}", " MB")}', "≤ 60 MB",
              _verdict(_mb(gw["gateway_peak_rss_mib"])["median"] <= 60)),

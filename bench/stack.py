@@ -199,6 +199,36 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _CLK_TCK
 
 
+class CpuMeter:
+    """CPU used by named groups of processes over a span, in cores (CPU seconds ÷ wall seconds): where a 2-core
+    machine's time goes during a measurement. A process that has exited but not been reaped (a zombie) still shows
+    its times in /proc; one already reaped counts for what it had used at `start()` only."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._t0 = 0.0
+        self._c0: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self.groups.items():
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(pid)
+            out[name] = total
+        return out
+
+    def start(self) -> None:
+        self._c0 = self._read()
+        self._t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        c1 = self._read()
+        seconds = time.monotonic() - self._t0
+        return {name: round((c1[name] - self._c0[name]) / seconds, 3) for name in self.groups}
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: CPU model and count, memory, OS, load when measured."""
     info: dict[str, Any] = {"cpus": os.cpu_count()}
