@@ -491,8 +491,8 @@ class GatewaySettings(BaseModel):
     client_id: Slug = "copeau-gateway"
     # Session kept by the broker while the gateway is away (MQTT 5 session expiry), in hours.
     session_expiry_h: int = Field(default=168, ge=1)
-    # Lines per InfluxDB write at most; the gateway holds at most twice this many received messages. 2000: the same
-    # throughput as 5000 in the benchmark, with a peak RSS of about 50 MiB instead of 57-60 (BENCHMARKS.md).
+    # Lines per InfluxDB write at most; the gateway holds at most twice this many received messages. 2000 rather
+    # than 5000: a peak RSS of about 50 MiB instead of 57-59, for a saturated rate 9-12 % lower (BENCHMARKS.md).
     max_batch_lines: int = Field(default=2000, ge=1, le=100_000)
     # How often the gateway publishes its health report (copeau/v1/<site>/health/gateway/<client_id>).
     health_interval_s: float = Field(default=10.0, ge=0.05, le=3600)
