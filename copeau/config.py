@@ -566,10 +566,10 @@ class Workshop(BaseModel):
         names: dict[tuple[str, str], str] = {}
         for m in self.machines:
             if isinstance(m, OpcUaMachine):
-                key = (m.url, m.browse_name or m.id)
-                if key in names:
-                    raise ValueError(f"machines: {m.id} et {names[key]} désignent la même machine sur {m.url}")
-                names[key] = m.id
+                name_key = (m.url, m.browse_name or m.id)
+                if name_key in names:
+                    raise ValueError(f"machines: {m.id} et {names[name_key]} désignent la même machine sur {m.url}")
+                names[name_key] = m.id
         if self.services.mode is ServicesMode.MANAGED and self.services.profile is Profile.DEMO:
             # Without authentication, a managed server must not be reachable from the network.
             for name, host in (("mqtt.host", self.mqtt.host), ("influxdb.host", self.influxdb.host)):

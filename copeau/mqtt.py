@@ -100,7 +100,7 @@ class MqttLink:
 
     def start(self) -> None:
         self._stopping = False
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho ships no annotations here
         if self._session_expiry_s:
             props.SessionExpiryInterval = self._session_expiry_s
         if self._receive_maximum:
