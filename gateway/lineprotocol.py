@@ -371,18 +371,13 @@ def _state_fields(data: Mapping[str, Any], seq: int) -> str | None:
 def _cycle_end_fields(data: Mapping[str, Any], seq: int) -> str | None:
     """A cycle end's fields in key order (duration_s, seq, started_ts); None when the reference should decide."""
     duration = data.get("duration_s")
-    started = data.get("started_ts")
     if duration is None:
         duration_text = ""
     elif type(duration) is float and _isfinite(duration):
         duration_text = f"duration_s={duration!r},"
     else:
         return None
-    if started is None:
-        started_text = ""
-    elif type(started) is int and _INT64_MIN <= started <= _INT64_MAX:
-        started_text = f",started_ts={started}i"
-    else:
+    if (started_text := _optional_int("started_ts", data.get("started_ts"))) is None:
         return None
     return f"{duration_text}seq={seq}i{started_text}"
 
@@ -391,25 +386,15 @@ def _part_fields(data: Mapping[str, Any], seq: int) -> str | None:
     """A part event's fields in key order (count, counter, good, rebuilt, reset, seq, wrapped; absent flags are
     false, as in the model); None when the reference should decide."""
     count = data["count"]
-    good = data.get("good")
-    counter = data.get("counter")
     reset = data.get("reset", False)
     wrapped = data.get("wrapped", False)
     rebuilt = data.get("rebuilt", False)
     if not (type(count) is int and _INT64_MIN <= count <= _INT64_MAX
             and type(reset) is bool and type(wrapped) is bool and type(rebuilt) is bool):
         return None
-    if good is None:
-        good_text = ""
-    elif type(good) is int and _INT64_MIN <= good <= _INT64_MAX:
-        good_text = f",good={good}i"
-    else:
-        return None
-    if counter is None:
-        counter_text = ""
-    elif type(counter) is int and _INT64_MIN <= counter <= _INT64_MAX:
-        counter_text = f",counter={counter}i"
-    else:
+    good_text = _optional_int("good", data.get("good"))
+    counter_text = _optional_int("counter", data.get("counter"))
+    if good_text is None or counter_text is None:
         return None
     return (f"count={count}i{counter_text}{good_text},rebuilt={'true' if rebuilt else 'false'}"
             f",reset={'true' if reset else 'false'},seq={seq}i,wrapped={'true' if wrapped else 'false'}")
@@ -419,20 +404,27 @@ def _alarm_fields(data: Mapping[str, Any], seq: int) -> str | None:
     """An alarm's fields in key order (active, code, seq, text), the texts escaped as `_field_value` does; None
     when the reference should decide."""
     active = data["active"]
-    code = data.get("code")
-    text = data.get("text")
-    if type(active) is not bool:
-        return None
-    if code is None:
-        code_text = ""
-    elif type(code) is str:
-        code_text = f',code="{code.translate(_STRING_ESCAPES)}"'
-    else:
-        return None
-    if text is None:
-        text_text = ""
-    elif type(text) is str:
-        text_text = f',text="{text.translate(_STRING_ESCAPES)}"'
-    else:
+    code_text = _optional_text("code", data.get("code"))
+    text_text = _optional_text("text", data.get("text"))
+    if type(active) is not bool or code_text is None or text_text is None:
         return None
     return f"active={'true' if active else 'false'}{code_text},seq={seq}i{text_text}"
+
+
+def _optional_int(key: str, value: Any) -> str | None:
+    """`,key=<value>i` for an int64, "" for an absent value (None), None when the reference should decide."""
+    if value is None:
+        return ""
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return f",{key}={value}i"
+    return None
+
+
+def _optional_text(key: str, value: Any) -> str | None:
+    """`,key="<value>"` escaped as `_field_value` does, "" for an absent value (None), None when the reference
+    should decide."""
+    if value is None:
+        return ""
+    if type(value) is str:
+        return f',{key}="{value.translate(_STRING_ESCAPES)}"'
+    return None
