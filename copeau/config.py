@@ -9,6 +9,7 @@ the file that holds them.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -55,6 +56,15 @@ class Services(BaseModel):
 CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 
 
+def _secret_text(path: Path) -> str:
+    """A secret file's text, stripped. Not UTF-8 (a binary key, a Windows editor's UTF-16) is an OSError like any
+    other unreadable secret, so that it is reported against the configuration's line rather than crash a service."""
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise OSError(errno.EILSEQ, f"pas du texte UTF-8 (octet {exc.start + 1})", str(path)) from None
+
+
 class Secret(BaseModel):
     """Where a secret comes from: an environment variable, a systemd credential or a file. Never the YAML itself.
 
@@ -79,10 +89,10 @@ class Secret(BaseModel):
             return os.environ[self.env]
         directory = os.environ.get(CREDENTIALS_DIRECTORY)
         if self.credential and directory and (Path(directory) / self.credential).is_file():
-            return (Path(directory) / self.credential).read_text(encoding="utf-8").strip()
+            return _secret_text(Path(directory) / self.credential)
         if self.file:
             try:
-                return self.file.read_text(encoding="utf-8").strip()
+                return _secret_text(self.file)
             except FileNotFoundError:
                 return None
         return None

@@ -360,3 +360,16 @@ def test_the_web_service_needs_the_kiosk_keys_the_file_points_to(tmp_path: Path,
     ]
     (tmp_path / "secrets" / "kiosk-keys").write_text("fraiseuse-1=4f9c2a7e1b3d5f60\n")
     assert for_role(w, Role.WEB).web.kiosk_keys.read() == "fraiseuse-1=4f9c2a7e1b3d5f60"
+
+
+def test_a_secret_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = production(tmp_path)
+    secret = tmp_path / "secrets" / "mqtt-gateway"
+    secret.write_bytes("mot-de-passe-é".encode("latin-1"))
+    w = load_workshop(path)
+    with pytest.raises(ConfigError) as info:
+        for_role(w, Role.GATEWAY)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:{line_of(path, 'gateway: {username: copeau-gateway')}: mqtt.accounts.gateway.password: "
+        f"secret illisible (fichier {secret}) : pas du texte UTF-8 (octet 14)"
+    ]
