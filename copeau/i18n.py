@@ -276,6 +276,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "fr": "{found} valeur(s) au lieu de {expected} (un séparateur en trop ou en moins ?)",
         "en": "{found} value(s) instead of {expected} (a separator too many or missing?)",
     },
+    "import.unreadable_row": {
+        "fr": "ligne illisible : une cellule dépasse {max} caractères (un guillemet « \" » jamais refermé ?)",
+        "en": "unreadable row: a cell is over {max} characters (a quote “\"” never closed?)",
+    },
     "import.required": {"fr": "valeur manquante", "en": "missing value"},
     "import.not_integer": {"fr": "« {value} » n'est pas un nombre entier", "en": "“{value}” is not a whole number"},
     "import.not_number": {"fr": "« {value} » n'est pas un nombre", "en": "“{value}” is not a number"},

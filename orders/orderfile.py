@@ -17,7 +17,7 @@ import csv
 import io
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -242,8 +242,7 @@ def read_order_file(data: bytes | str) -> OrderFile:
     headers: dict[str, str] = {}
     problems: list[ImportProblem] = []
     rows: list[_Row] = []
-    for record in reader:
-        line = reader.line_num
+    for line, record in _records(reader, problems):
         if not any(cell.strip() for cell in record):
             continue  # blank lines (often at the end of a spreadsheet export)
         if header_row is None:
@@ -269,6 +268,22 @@ def read_order_file(data: bytes | str) -> OrderFile:
         problems.append(ImportProblem(reader.line_num or 1, "import.no_rows"))
     orders = _assemble(rows, problems)
     return OrderFile(orders, problems)
+
+
+def _records(reader: Any, problems: list[ImportProblem]) -> Iterator[tuple[int, list[str]]]:
+    """(last line, cells) of each row. A row the csv module cannot read ends the file with a problem at the line
+    where that row began: with newline="" its only error left is a cell over its 131,072-character limit, nearly
+    always a quote never closed that swallows the rest of the file."""
+    while True:
+        begins = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            problems.append(ImportProblem(begins, "import.unreadable_row", values={"max": csv.field_size_limit()}))
+            return
+        yield reader.line_num, record
 
 
 def _only_optional_missing(columns: list[str | None]) -> bool:

@@ -397,6 +397,20 @@ def test_csv_with_bad_rows_imports_nothing_and_reports_every_line(web: Harness) 
     assert [o["reference"] for o in imported.json()["imported"]] == ["CMD-9"]
 
 
+
+def test_csv_with_a_quote_never_closed_is_refused_in_french(web: Harness) -> None:
+    client, csrf = web.maitre()
+    before = web.snapshot()
+    row = "CMD-9;Durand;P;10;2026-12-18;10;fraiseuse;30;0\n"
+    bad = ("commande;client;référence pièce;quantité;échéance;opération;machine;temps de cycle (s);réglage (s)\n"
+           + row + 'CMD-10;"Durand;P;10;2026-12-18;10;fraiseuse;30;0\n' + row * 4000)
+    answer = client.post("/api/commandes/import", files={"fichier": ("commandes.csv", bad.encode(), "text/csv")},
+                         headers={"X-CSRF-Token": csrf})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"] == [
+        "Ligne 3 : ligne illisible : une cellule dépasse 131072 caractères (un guillemet « \" » jamais refermé ?)"]
+    assert web.snapshot() == before
+
 # -- access
 
 

@@ -184,3 +184,14 @@ def test_demo_seed_is_imported_once(sessions: sessionmaker[Session], monkeypatch
                        "CMD-DEMO-003": date(2026, 11, 12)}
         assert catalog.authenticate(db, login=DEMO_LOGIN, password=DEMO_PASSWORD).login == DEMO_LOGIN
     assert count(sessions, Customer) == 2
+
+
+def test_a_quote_never_closed_is_reported_where_its_row_begins() -> None:
+    # Line 4's quote swallows the rest of the file into one cell, over the csv module's limit: a clear problem.
+    good = "A;B;C;1;2026-12-01;10;tour;10;0"
+    text = f"{DOCUMENTED_HEADER}\n{good}\n\nA2;\"B;C;1;2026-12-01;10;tour;10;0\n" + f"{good}\n" * 5000
+    with pytest.raises(ImportRejected) as info:
+        parse_order_file(text)
+    assert [(p.line, p.key) for p in info.value.errors] == [(4, "import.unreadable_row")]
+    assert info.value.errors[0].message("fr") == (
+        "Ligne 4 : ligne illisible : une cellule dépasse 131072 caractères (un guillemet « \" » jamais refermé ?)")
