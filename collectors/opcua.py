@@ -176,10 +176,10 @@ async def find_machines(client: Client, *, machine: str = "?", address: str = "?
     """The machine tools under Objects/Machines, by browse name."""
     machinery = await _namespace(client, MACHINERY_URI, machine=machine, address=address)
     machine_tool = await _namespace(client, MACHINE_TOOL_URI, machine=machine, address=address)
-    folder = client.get_node(ua.NodeId(MACHINES_FOLDER, machinery))
+    folder = client.get_node(ua.NodeId(ua.Int32(MACHINES_FOLDER), ua.Int16(machinery)))
     found: dict[str, Node] = {}
     for child in await folder.get_children(refs=ua.ObjectIds.Organizes):
-        if await _is_machine_tool(child, ua.NodeId(MACHINE_TOOL_TYPE, machine_tool)):
+        if await _is_machine_tool(child, ua.NodeId(ua.Int32(MACHINE_TOOL_TYPE), ua.Int16(machine_tool))):
             found[(await child.read_browse_name()).Name] = child
     return found
 
@@ -374,9 +374,9 @@ class OpcUaSource:
             by_id = {node.nodeid: name for name, node in watched.items()}
             try:
                 subscription = await client.create_subscription(self.machine.sampling_interval_ms, queue_maxsize=10_000)
-                await subscription.subscribe_data_change(
-                    list(watched.values()), queuesize=100, sampling_interval=self.machine.sampling_interval_ms
-                )
+                sampling = ua.Double(self.machine.sampling_interval_ms)
+                await subscription.subscribe_data_change(list(watched.values()), queuesize=100,
+                                                         sampling_interval=sampling)
             except ua.UaStatusCodeError as exc:  # BadServiceUnsupported, BadTooManySubscriptions, ...
                 log.warning(
                     "%s: subscriptions refused (%s); polling every %d ms",
@@ -437,7 +437,8 @@ class OpcUaSource:
         names = list(watched)
         while not lost.is_set():
             data_values = [await node.read_data_value() for node in watched.values()]
-            values = {name: dv.Value.Value for name, dv in zip(names, data_values, strict=True)}
+            values = {name: dv.Value.Value if dv.Value is not None else None
+                      for name, dv in zip(names, data_values, strict=True)}
             if values != last:
                 stamps = [ns_of(dv.SourceTimestamp, 0) for dv in data_values]
                 yield sample_from(values, max(stamps) or self._clock_ns())

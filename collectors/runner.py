@@ -189,7 +189,7 @@ class Collector:
                 pollers = [
                     tg.create_task(self._follow(m, source), name=f"follow:{m.id}")
                     if isinstance(source := self._sources[m.id], StreamingSource)
-                    else tg.create_task(self._poll(m, offset_s=i * m.interval_s / n), name=f"poll:{m.id}")
+                    else tg.create_task(self._poll(m, source, offset_s=i * m.interval_s / n), name=f"poll:{m.id}")
                     for i, m in enumerate(self.workshop.machines)
                 ]
                 publisher = tg.create_task(self._publish_loop(), name="publish")
@@ -238,9 +238,8 @@ class Collector:
         view.next_seq = record.next_seq if record else 0
         return _Track(machine=machine, deriver=deriver, seq=view.next_seq, committed=deriver.snapshot, view=view)
 
-    async def _poll(self, machine: Machine, *, offset_s: float) -> None:
+    async def _poll(self, machine: Machine, source: MachineSource, *, offset_s: float) -> None:
         """Read a polled machine (Modbus) at its interval, staggered by `offset_s`."""
-        source = self._sources[machine.id]
         track = self._track(machine)
         loop = asyncio.get_running_loop()
         interval = machine.interval_s

@@ -45,14 +45,17 @@ class SimulatedWorkshop:
             for server in self.opcua:
                 group.create_task(server.run(), name=f"simulate:{server.url}")
 
+    def _all(self) -> list[ModbusMachineSimulator | OpcUaWorkshopSimulator]:
+        return [*self.modbus, *self.opcua]
+
     def stop_production(self) -> None:
         """No more parts: cycles in progress complete, then every machine idles (and keeps serving)."""
-        for sim in [*self.modbus, *self.opcua]:
+        for sim in self._all():
             sim.stop_production()
 
     @property
     def finished(self) -> bool:
-        return all(sim.finished.is_set() for sim in [*self.modbus, *self.opcua])
+        return all(sim.finished.is_set() for sim in self._all())
 
     def counter(self, machine_id: str) -> int:
         """The machine's part counter as a collector reads it."""
