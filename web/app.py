@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from copeau.config import Workshop
 from copeau.contract import JobContext
@@ -78,7 +79,7 @@ def create_app(
             await asyncio.to_thread(board.stop)
             await asyncio.to_thread(_stop, web, running)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI app whose Swagger UI loads its scripts from Copeau, not from a CDN
         title="Copeau",
         summary="Suivi d'atelier pour les Écoles de production : bornes, commandes, avancement.",
         version="1",
@@ -86,6 +87,7 @@ def create_app(
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        static_url="/api/docs/static",
     )
     problems.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

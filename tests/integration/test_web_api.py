@@ -9,6 +9,7 @@ context tags), so the counts the service reads are the ground truth the test wro
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import warnings
@@ -410,6 +411,18 @@ def test_csv_with_a_quote_never_closed_is_refused_in_french(web: Harness) -> Non
     assert answer.json()["errors"] == [
         "Ligne 3 : ligne illisible : une cellule dépasse 131072 caractères (un guillemet « \" » jamais refermé ?)"]
     assert web.snapshot() == before
+
+
+def test_the_api_documentation_needs_no_internet(web: Harness) -> None:
+    page = web.client.get("/api/docs")
+    assert page.status_code == 200
+    scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.text)
+    assert sorted(scripts) == ["/api/docs/static/swagger-ui-bundle.js", "/api/docs/static/swagger-ui.css"]
+    assert "http" not in " ".join(re.findall(r'(?:src|href)="([^"]+)"', page.text))  # nothing from another site
+    for url in scripts:
+        asset = web.client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100_000, url
+    assert web.client.get("/api/openapi.json").json()["info"]["title"] == "Copeau"
 
 # -- access
 
