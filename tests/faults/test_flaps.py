@@ -69,7 +69,10 @@ def run_flaps(
             for link in (collector_link, gateway_link):
                 await asyncio.to_thread(link.flap, PERIOD_S, down_s=DOWN_S, down=mode)
             started = time.monotonic()
-            await asyncio.sleep(flaps * PERIOD_S - 0.5)  # the flapping itself: ends in the last up phase
+            # The flapping itself: it ends in the middle of the last up phase. The proxies flap on absolute deadlines
+            # from their own start (just before `started`), so healing half an up phase (2.5 s) away from both the
+            # last down phase and the next one keeps the count of down phases exact under a late wake-up.
+            await asyncio.sleep((flaps - 1) * PERIOD_S + DOWN_S + (PERIOD_S - DOWN_S) / 2)
             for link in (collector_link, gateway_link):
                 await asyncio.to_thread(link.heal)
             healed_at = time.monotonic()

@@ -60,22 +60,29 @@ def test_one_percent_poison_is_dead_lettered_exactly(
     injected: list[tuple[str, bytes]] = []
     injector = RawPublisher(broker.port)
 
-    async def inject_alongside() -> None:
+    async def inject_alongside(stop: asyncio.Event) -> None:
+        """One poison message per GOOD_PER_POISON events acknowledged, until `stop`; then one last round, so that
+        the relation holds for every event acknowledged before the stop. Never cancelled: a batch handed to the
+        publishing thread reaches the broker whatever happens to this task, and must be in `injected`."""
         assert rig.collector is not None
         while True:
+            stopping = stop.is_set()  # read before `acknowledged`: the last round sees every ack before the stop
             due = rig.collector.stats.acknowledged // GOOD_PER_POISON
             batch = [poison(i, collector_ws.site.id, machines) for i in range(len(injected), due)]
             if batch:
-                await asyncio.to_thread(injector.publish, batch)
+                await asyncio.to_thread(injector.publish, batch)  # returns once the broker acknowledged them all
                 injected.extend(batch)
+            if stopping:
+                return
             await asyncio.sleep(0.02)
 
     async def scenario() -> Verdict:
         async with rig.running():
-            task = asyncio.create_task(inject_alongside())
+            stop_injecting = asyncio.Event()
+            task = asyncio.create_task(inject_alongside(stop_injecting))
             await rig.production_done()
-            await asyncio.sleep(0.1)
-            task.cancel()
+            stop_injecting.set()
+            await task  # every poison message published is acknowledged by the broker and counted in `injected`
             await asyncio.to_thread(wait_stored, collector_ws, timeout=60)
             gateway = rig.gateway
             assert gateway is not None

@@ -85,11 +85,19 @@ def test_spool_disk_nearly_full_sheds_telemetry_never_a_part_and_raises_the_alar
             await rig.production_done()
             done = await asyncio.to_thread(wait_stored, collector_ws, timeout=60)
             figures["drain_s"] = round(done - back_at, 3)
-            # The alarm, as an alert would read it: the collector's spool level in InfluxDB.
+            # The alarm, as an alert would read it: the collector's spool level in InfluxDB. The LIMIT reports are
+            # those kept during the outage and published on reconnection; the reports from before the outage (OK)
+            # are there long before, so waiting for any report would not wait for them.
             query = InfluxQuery(collector_ws.influxdb)
             level_q = 'SELECT max("spool_level") FROM "copeau_health" WHERE "kind" = \'collector\''
-            await wait_for(lambda: query.scalar(level_q) is not None, timeout=30, what="a health report in InfluxDB")
+            await wait_for(lambda: query.scalar(level_q) == int(SpoolLevel.LIMIT), timeout=30,
+                           what="the LIMIT health reports in InfluxDB")
             figures["spool_level_in_influxdb"] = query.scalar(level_q)
+            # The last health report stored must say what the outbox says; asserted below, once the gateway has
+            # stopped, so it must be stored before. The outbox is empty now: nothing more can be shed.
+            shed_q = 'SELECT last("shed_events") FROM "copeau_health" WHERE "kind" = \'collector\''
+            await wait_for(lambda: query.scalar(shed_q) == collector.outbox.stats().shed_events, timeout=30,
+                           what="a health report with every event shed in InfluxDB")
         return await asyncio.to_thread(verdict, collector_ws)
 
     with caplog.at_level(logging.ERROR, logger="collectors.outbox"):
